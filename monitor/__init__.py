@@ -1,0 +1,1 @@
+"""featureguard's runtime: the monitored ``generate``, policies, actions, metrics and the CLI."""
