@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Validate the featureguard detection items and write a deterministic split.
+
+Reads   data/detection/items/*.jsonl
+Writes  data/detection/splits.json   ({id: "train" | "dev" | "test"})
+
+Split rule (commit-before-tuning): within each stratum (category, hard_negative)
+ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
+dev, the remainder to test. The assignment depends only on the ids, never on
+item content, so editing a text does not move it between splits.
+
+Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
+Use --check to validate and print counts without rewriting splits.json
+(exits non-zero if the existing file disagrees with the computed split).
+"""
+import hashlib
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ITEMS = HERE / "items"
+OUT = HERE / "splits.json"
+SALT = "featureguard-split-v1"
+CATEGORIES = ("scam", "deception", "dangerous", "benign")
+# minimum counts per (category, hard_negative) stratum
+MINIMUMS = {
+    ("scam", False): 120,
+    ("deception", False): 120,
+    ("dangerous", False): 120,
+    ("benign", False): 250,
+    ("benign", True): 150,
+}
+MIN_TEXT_ITEMS = {"scam": 30, "deception": 30, "dangerous": 30}
+ROLES = {"system", "user", "assistant"}
+NEAR_DUP_JACCARD = 0.6  # word-trigram Jaccard above this is flagged
+
+
+def load():
+    items, errors = [], []
+    for path in sorted(ITEMS.glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                where = f"{path.name}:{lineno}"
+                if not line.strip():
+                    errors.append(f"{where}: blank line")
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    errors.append(f"{where}: bad JSON ({e})")
+                    continue
+                errors.extend(f"{where}: {m}" for m in check_item(obj))
+                obj["_where"] = where
+                items.append(obj)
+    return items, errors
+
+
+def check_item(o):
+    errs = []
+    if not isinstance(o.get("id"), str) or not o["id"]:
+        errs.append("missing id")
+    if o.get("category") not in CATEGORIES:
+        errs.append(f"bad category {o.get('category')!r}")
+    if not isinstance(o.get("hard_negative"), bool):
+        errs.append("hard_negative must be a bool")
+    elif o["hard_negative"] and o.get("category") != "benign":
+        errs.append("hard negatives must have category 'benign'")
+    has_text, has_msgs = "text" in o, "messages" in o
+    if has_text == has_msgs:
+        errs.append("need exactly one of 'text' / 'messages'")
+    if has_text and (not isinstance(o["text"], str) or not o["text"].strip()):
+        errs.append("empty text")
+    if has_msgs:
+        msgs = o["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            errs.append("messages must be a non-empty list")
+        else:
+            for m in msgs:
+                if (not isinstance(m, dict) or m.get("role") not in ROLES
+                        or not isinstance(m.get("content"), str)
+                        or not m["content"].strip()):
+                    errs.append(f"bad message {m!r}")
+            if msgs and msgs[-1].get("role") != "user":
+                errs.append("last message should be from the user")
+    extra = set(o) - {"id", "category", "hard_negative", "text", "messages"}
+    if extra:
+        errs.append(f"unexpected keys {sorted(extra)}")
+    return errs
+
+
+def content(o):
+    if "text" in o:
+        return o["text"]
+    return "\n".join(m["content"] for m in o["messages"])
+
+
+def shingles(s, n=3):
+    w = re.findall(r"[a-z0-9']+", s.lower())
+    return {tuple(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
+
+
+def near_duplicates(items):
+    sh = [(o["id"], shingles(content(o))) for o in items]
+    hits = []
+    for i in range(len(sh)):
+        for j in range(i + 1, len(sh)):
+            a, b = sh[i][1], sh[j][1]
+            inter = len(a & b)
+            if inter and inter / len(a | b) > NEAR_DUP_JACCARD:
+                hits.append((sh[i][0], sh[j][0], inter / len(a | b)))
+    return hits
+
+
+def split_key(item_id):
+    return hashlib.sha256((item_id + SALT).encode("utf-8")).hexdigest()
+
+
+def make_split(items):
+    strata = defaultdict(list)
+    for o in items:
+        strata[(o["category"], o["hard_negative"])].append(o["id"])
+    splits = {}
+    for ids in strata.values():
+        ids = sorted(ids, key=split_key)
+        n = len(ids)
+        n_train, n_dev = round(n * 0.5), round(n * 0.25)
+        for k, i in enumerate(ids):
+            splits[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test"
+    return dict(sorted(splits.items()))
+
+
+def report(items, splits):
+    rows = Counter()
+    kinds = Counter()
+    for o in items:
+        key = (o["category"], o["hard_negative"])
+        rows[key + (splits[o["id"]],)] += 1
+        kinds[key + ("text" if "text" in o else "messages",)] += 1
+    lines = ["| category | hard_negative | train | dev | test | total | text | messages |",
+             "|---|---|---|---|---|---|---|---|"]
+    tot = Counter()
+    for key in sorted({k[:2] for k in rows}, key=lambda k: (CATEGORIES.index(k[0]), k[1])):
+        c = [rows[key + (s,)] for s in ("train", "dev", "test")]
+        t = [kinds[key + (k,)] for k in ("text", "messages")]
+        for s, v in zip(("train", "dev", "test", "text", "messages"), c + t):
+            tot[s] += v
+        lines.append(f"| {key[0]} | {str(key[1]).lower()} | {c[0]} | {c[1]} | {c[2]} | {sum(c)} | {t[0]} | {t[1]} |")
+    lines.append(f"| **all** | | {tot['train']} | {tot['dev']} | {tot['test']} | "
+                 f"{tot['train'] + tot['dev'] + tot['test']} | {tot['text']} | {tot['messages']} |")
+    return "\n".join(lines)
+
+
+def main():
+    check_only = "--check" in sys.argv[1:]
+    items, errors = load()
+    ids = Counter(o.get("id") for o in items)
+    errors += [f"duplicate id {i!r} ({n}x)" for i, n in ids.items() if n > 1]
+    exact = Counter(content(o).strip().lower() for o in items if not check_item(o))
+    errors += [f"duplicate content: {c[:60]!r}" for c, n in exact.items() if n > 1]
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        sys.exit(1)
+
+    counts = Counter((o["category"], o["hard_negative"]) for o in items)
+    for key, minimum in MINIMUMS.items():
+        if counts[key] < minimum:
+            errors.append(f"{key}: {counts[key]} items < minimum {minimum}")
+    text_counts = Counter(o["category"] for o in items if "text" in o and not o["hard_negative"])
+    for cat, minimum in MIN_TEXT_ITEMS.items():
+        if text_counts[cat] < minimum:
+            errors.append(f"{cat}: {text_counts[cat]} text items < minimum {minimum}")
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        sys.exit(1)
+
+    dups = near_duplicates(items)
+    for a, b, j in dups:
+        print(f"WARNING near-duplicate {a} ~ {b} (jaccard {j:.2f})", file=sys.stderr)
+
+    splits = make_split(items)
+    print(f"{len(items)} items, {len(dups)} near-duplicate pairs (trigram Jaccard > {NEAR_DUP_JACCARD})")
+    print(report(items, splits))
+    if check_only:
+        if not OUT.exists() or json.loads(OUT.read_text(encoding="utf-8")) != splits:
+            print(f"{OUT.name} is missing or out of date; rerun without --check", file=sys.stderr)
+            sys.exit(1)
+        print(f"{OUT.name} is up to date")
+    else:
+        OUT.write_text(json.dumps(splits, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"wrote {OUT.relative_to(HERE.parent.parent)}")
+
+
+if __name__ == "__main__":
+    main()
