@@ -159,7 +159,10 @@ def load_model(
         path, local = str(cached_model_dir(name)), True
     elif Path(name).expanduser().is_dir():
         path, local, source = str(Path(name).expanduser()), True, "path"
-    elif "/" in name and not Path(name).exists() and not name.startswith((".", "/")):
+    elif name.startswith((".", "/", "~")) or Path(name).exists():
+        raise ModelNotFoundError(f"no model directory at {name!r}",
+                                 hint="pass a folder saved with save_pretrained, or an alias")
+    elif "/" in name:
         path, local, source = name, False, "hub"
     else:
         known_model(name)  # raises with the list of aliases
