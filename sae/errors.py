@@ -21,7 +21,7 @@ class ModelNotFoundError(FeatureguardError):
 
 
 class SAEFormatError(FeatureguardError):
-    """An SAE on disk that does not match any known format, or whose tensors disagree with its config."""
+    """An SAE on disk in no known format, or whose tensors disagree with its config."""
 
 
 class HookError(FeatureguardError):

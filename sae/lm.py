@@ -114,7 +114,7 @@ def _convert_gguf(km: KnownModel, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = package_gguf_path(km)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
     )
     tokenizer = AutoTokenizer.from_pretrained(
@@ -160,14 +160,16 @@ def load_model(
     elif Path(name).expanduser().is_dir():
         path, local, source = str(Path(name).expanduser()), True, "path"
     elif name.startswith((".", "/", "~")) or Path(name).exists():
-        raise ModelNotFoundError(f"no model directory at {name!r}",
-                                 hint="pass a folder saved with save_pretrained, or an alias")
+        raise ModelNotFoundError(
+            f"no model directory at {name!r}",
+            hint="pass a folder saved with save_pretrained, or an alias",
+        )
     elif "/" in name:
         path, local, source = name, False, "hub"
     else:
         known_model(name)  # raises with the list of aliases
         raise AssertionError("unreachable")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -30,6 +30,7 @@ def _command_modules() -> list[Any]:
     ]
     return sorted(mods, key=lambda m: m.WORDS)
 
+
 GROUP_HELP = {
     "sae": "SAE models: inspect, train, evaluate",
     "policy": "policy files: check, test, diff, explain, schema",
@@ -46,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="info", help="structlog level (default: info)")
     parser.add_argument(
-        "--log-format", choices=["auto", "json", "console"], default="auto",
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
         help="log renderer: JSON lines, or console on a TTY (default: auto)",
     )
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -59,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
             group, name = parts
             if group not in groups:
                 gp = top.add_parser(group, help=GROUP_HELP.get(group, group))
-                groups[group] = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND",
-                                                  required=True)
+                groups[group] = gp.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", required=True
+                )
             sub = groups[group].add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)

@@ -12,9 +12,14 @@ HELP = "evaluate an SAE on held-out text (optionally write the metrics into its 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sae", help="SAE folder or bundled name")
     p.add_argument("--model", default=None, help="model (default: the SAE's model_name)")
-    p.add_argument("--corpus", nargs="*", type=Path, default=[],
-                   help="corpus JSONL files; their 'heldout' split is used (default: the "
-                        "bundled SAE's recipe, rebuilt under --work)")
+    p.add_argument(
+        "--corpus",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="corpus JSONL files; their 'heldout' split is used (default: the "
+        "bundled SAE's recipe, rebuilt under --work)",
+    )
     p.add_argument("--split", default="heldout", help="corpus split to evaluate (default heldout)")
     p.add_argument("--work", type=Path, default=Path("runs/eval"), help="where to build corpora")
     p.add_argument("--corpus-src", type=Path, default=Path("data/corpus_src"))
@@ -27,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     import itertools
     import json
 
-    from sae.loading import load_sae, resolve_sae_path, save_sae
     from sae.lm import load_model
+    from sae.loading import load_sae, resolve_sae_path, save_sae
     from sae.training.corpus import iter_corpus
     from sae.training.evaluate import eval_metadata, evaluate_sae
     from sae.training.pipeline import default_corpora, save_feature_stats
@@ -37,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     lm = load_model(args.model or sae.cfg.model_name or "smollm2-135m")
     corpora = args.corpus or default_corpora(args.work, args.corpus_src, seed=0)
     docs = itertools.chain.from_iterable(iter_corpus(p, args.split) for p in corpora)
-    result = evaluate_sae(lm.model, lm.tokenizer, sae, docs, max_tokens=args.tokens,
-                          progress=not args.json)
+    result = evaluate_sae(
+        lm.model, lm.tokenizer, sae, docs, max_tokens=args.tokens, progress=not args.json
+    )
     metrics = eval_metadata(result)
     print(json.dumps(metrics, indent=2))
     if not args.json:

@@ -28,6 +28,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sae.errors import FeatureguardError
 
@@ -154,8 +155,12 @@ def read_project(src_dir: Path) -> Iterator[Document]:
 
 
 _CHAT_ASKS = [
-    "What does \"{w}\" mean?", "Define {w}.", "Can you explain the word {w}?",
-    "what is {w}", "Give me the meaning of '{w}', please.", "Explain {w} in plain words.",
+    'What does "{w}" mean?',
+    "Define {w}.",
+    "Can you explain the word {w}?",
+    "what is {w}",
+    "Give me the meaning of '{w}', please.",
+    "Explain {w} in plain words.",
 ]
 
 
@@ -164,7 +169,10 @@ def as_chat(doc: Document, rng: random.Random) -> Document:
     assert doc.text is not None
     word, _, definition = doc.text.partition(":")
     ask = rng.choice(_CHAT_ASKS).format(w=word.split(",")[0].strip().lower())
-    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": definition.strip()}]
+    messages = [
+        {"role": "user", "content": ask},
+        {"role": "assistant", "content": definition.strip()},
+    ]
     return Document(f"{doc.source}_chat", messages=messages)
 
 
@@ -172,8 +180,13 @@ SourceReader = Callable[[], Iterator[Document]]
 
 
 def build_corpus(
-    out: Path, *, src_dir: Path, seed: int = 0, fractions: dict[str, float] | None = None,
-    chat_fraction: float = 0.3, project_repeats: int = 2,
+    out: Path,
+    *,
+    src_dir: Path,
+    seed: int = 0,
+    fractions: dict[str, float] | None = None,
+    chat_fraction: float = 0.3,
+    project_repeats: int = 2,
     sources: tuple[str, ...] = ("austen", "gcide", "wordnet", "fortunes", "project"),
 ) -> dict[str, int]:
     """Write ``out`` (JSONL of documents with ``source``, ``split``) and return docs per source.
@@ -186,7 +199,9 @@ def build_corpus(
     frac.update(fractions or {})
     rng = random.Random(seed)
     readers: dict[str, SourceReader] = {
-        "austen": read_austen, "gcide": read_gcide, "wordnet": read_wordnet,
+        "austen": read_austen,
+        "gcide": read_gcide,
+        "wordnet": read_wordnet,
         "fortunes": read_fortunes,
     }
     docs: list[Document] = []
@@ -205,7 +220,7 @@ def build_corpus(
     tmp = out.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for doc in docs:
-            row = {"source": doc.source, "split": doc.split()}
+            row: dict[str, Any] = {"source": doc.source, "split": doc.split()}
             row.update({"text": doc.text} if doc.text is not None else {"messages": doc.messages})
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             counts[doc.source] = counts.get(doc.source, 0) + 1

@@ -27,7 +27,11 @@ RECIPE_ARCHITECTURE = {"batchtopk": "jumprelu", "topk": "topk", "relu_l1": "stan
 
 
 def export_sae(
-    trained: TrainableSAE, input_scale: float, *, hook_name: str, model_name: str,
+    trained: TrainableSAE,
+    input_scale: float,
+    *,
+    hook_name: str,
+    model_name: str,
     metadata: dict[str, Any] | None = None,
 ) -> SAE:
     """A raw-units SAE from a model trained on ``x / input_scale``.
@@ -39,8 +43,12 @@ def export_sae(
     s = float(input_scale)
     arch = RECIPE_ARCHITECTURE[trained.recipe]
     sae = create_sae(
-        d_in=trained.W_enc.shape[0], d_sae=trained.W_enc.shape[1], architecture=arch,
-        hook_name=hook_name, model_name=model_name, k=trained.k if arch == "topk" else None,
+        d_in=trained.W_enc.shape[0],
+        d_sae=trained.W_enc.shape[1],
+        architecture=arch,
+        hook_name=hook_name,
+        model_name=model_name,
+        k=trained.k if arch == "topk" else None,
         metadata=dict(metadata or {}),
     )
     with torch.no_grad():
@@ -49,7 +57,7 @@ def export_sae(
         sae.b_enc.copy_(trained.b_enc * s)
         sae.b_dec.copy_(trained.b_dec * s)
         if arch == "jumprelu":
-            sae.threshold.fill_(float(trained.threshold) * s)
+            sae.get_parameter("threshold").fill_(float(trained.threshold) * s)
     return sae.requires_grad_(False).eval()
 
 
@@ -68,8 +76,15 @@ class _Acc:
 
 @torch.no_grad()
 def evaluate_sae(
-    model: Any, tokenizer: Any, sae: SAE, docs: Iterable[dict[str, Any]], *,
-    max_tokens: int = 20_000, max_len: int = 128, batch_rows: int = 16, progress: bool = True,
+    model: Any,
+    tokenizer: Any,
+    sae: SAE,
+    docs: Iterable[dict[str, Any]],
+    *,
+    max_tokens: int = 20_000,
+    max_len: int = 128,
+    batch_rows: int = 16,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of ``sae`` at its hook over corpus documents (``text`` or ``messages``)."""
     from tqdm import tqdm
@@ -129,7 +144,9 @@ def evaluate_sae(
         "mse": acc.sse / (acc.n * d),
         "cosine": acc.cos / acc.n,
         "dead_fraction": float((acc.fired == 0).float().mean()),
-        "ce_clean": ce["clean"], "ce_with_sae": ce["sae"], "ce_zero_ablated": ce["zero"],
+        "ce_clean": ce["clean"],
+        "ce_with_sae": ce["sae"],
+        "ce_zero_ablated": ce["zero"],
         "ce_loss_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-6 else None,
         "feature_max": acc.max_act.tolist(),
         "feature_density": (acc.fired.float() / acc.n).tolist(),
@@ -138,6 +155,16 @@ def evaluate_sae(
 
 def eval_metadata(result: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics, under the key the preflight check reads (``metadata[EVAL_KEY]``)."""
-    keys = ("n_tokens", "l0", "explained_variance", "mse", "cosine", "dead_fraction",
-            "ce_clean", "ce_with_sae", "ce_zero_ablated", "ce_loss_recovered")
+    keys = (
+        "n_tokens",
+        "l0",
+        "explained_variance",
+        "mse",
+        "cosine",
+        "dead_fraction",
+        "ce_clean",
+        "ce_with_sae",
+        "ce_zero_ablated",
+        "ce_loss_recovered",
+    )
     return {EVAL_KEY: {k: result[k] for k in keys}}

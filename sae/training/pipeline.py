@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae.base import parse_dtype
 from sae.loading import save_sae
 from sae.training.corpus import build_corpus, iter_corpus
 from sae.training.evaluate import eval_metadata, evaluate_sae, export_sae
@@ -24,9 +25,11 @@ from sae.training.store import ActivationReader, collect
 from sae.training.trainer import TrainConfig, train_sae
 
 FEATURE_STATS = "feature_stats.safetensors"
+# Collected in this order until --max-tokens: all of the (small, safety-relevant) project-written
+# text first, then as much of the shuffled Debian text as the cap allows.
 DEFAULT_CORPORA = {
-    "debian": ("austen", "gcide", "wordnet", "fortunes"),
     "project": ("project",),
+    "debian": ("austen", "gcide", "wordnet", "fortunes"),
 }
 
 
@@ -41,6 +44,7 @@ class Job:
     eval_tokens: int = 20_000
     stop_after: int | None = None
     progress: bool = True
+    save_dtype: str = "float16"
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -49,8 +53,13 @@ def save_feature_stats(sae_dir: Path, result: dict[str, Any]) -> None:
     import torch
     from safetensors.torch import save_file
 
-    save_file({"max": torch.tensor(result["feature_max"]),
-               "density": torch.tensor(result["feature_density"])}, str(sae_dir / FEATURE_STATS))
+    save_file(
+        {
+            "max": torch.tensor(result["feature_max"]),
+            "density": torch.tensor(result["feature_density"]),
+        },
+        str(sae_dir / FEATURE_STATS),
+    )
 
 
 def load_feature_stats(sae_dir: Path) -> dict[str, Any] | None:
@@ -81,39 +90,78 @@ def run_job(job: Job, lm: Any, *, src_dir: Path, log: Any = None) -> dict[str, A
     t0 = time.perf_counter()
     man = None
     for path in corpora:
-        man = collect(lm.model, lm.tokenizer, job.hook, job.model, iter_corpus(path, "train"),
-                      store, corpus_name=path.name, max_tokens=job.max_tokens,
-                      progress=job.progress)
+        man = collect(
+            lm.model,
+            lm.tokenizer,
+            job.hook,
+            job.model,
+            iter_corpus(path, "train"),
+            store,
+            corpus_name=path.name,
+            max_tokens=job.max_tokens,
+            progress=job.progress,
+        )
     assert man is not None
     collect_summary = {
-        "tokens": man.rows, "tokens_per_source": man.tokens_per_source,
+        "tokens": man.rows,
+        "tokens_per_source": man.tokens_per_source,
         "seconds": round(man.seconds, 1),
         "tokens_per_second": round(man.rows / max(man.seconds, 1e-9), 1),
     }
     reader = ActivationReader(store, batch_size=job.train.batch_size, seed=job.train.seed)
-    trained, train_summary = train_sae(reader, job.train, job.work / "train", log=log,
-                                       stop_after=job.stop_after, progress=job.progress)
+    trained, train_summary = train_sae(
+        reader,
+        job.train,
+        job.work / "train",
+        log=log,
+        stop_after=job.stop_after,
+        progress=job.progress,
+    )
     if train_summary["steps"] < int(job.train.epochs * -(-reader.rows // job.train.batch_size)):
         print("training paused (--stop-after); run the same command to resume", file=sys.stderr)
         return {"paused_at_step": train_summary["steps"]}
-    provenance = {
+    provenance: dict[str, Any] = {
         "command": "featureguard " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "corpus": [p.name for p in corpora], "collection": collect_summary,
-        "training": train_summary, "featureguard_recipe": "sae/training (BatchTopK → jumprelu)",
+        "corpus": [p.name for p in corpora],
+        "collection": collect_summary,
+        "training": train_summary,
+        "featureguard_recipe": "sae/training (BatchTopK → jumprelu)",
     }
-    sae = export_sae(trained, train_summary["input_scale"], hook_name=job.hook,
-                     model_name=job.model, metadata={"provenance": provenance})
+    sae = export_sae(
+        trained,
+        train_summary["input_scale"],
+        hook_name=job.hook,
+        model_name=job.model,
+        metadata={"provenance": provenance},
+    )
+    # Evaluate exactly what is shipped: weights rounded to the saved dtype, computed in fp32.
+    sae = sae.to(parse_dtype(job.save_dtype)).float()
     heldout = itertools.chain.from_iterable(iter_corpus(p, "heldout") for p in corpora)
-    result = evaluate_sae(lm.model, lm.tokenizer, sae, heldout, max_tokens=job.eval_tokens,
-                          progress=job.progress)
+    result = evaluate_sae(
+        lm.model, lm.tokenizer, sae, heldout, max_tokens=job.eval_tokens, progress=job.progress
+    )
     sae.cfg.metadata.update(eval_metadata(result))
     sae.cfg.metadata["feature_stats_file"] = FEATURE_STATS
     provenance["total_seconds"] = round(time.perf_counter() - t0, 1)
     if job.out is not None:
-        save_sae(sae, job.out)
+        shipped = sae.to(parse_dtype(job.save_dtype))
+        shipped.cfg.dtype = job.save_dtype
+        save_sae(shipped, job.out)
         save_feature_stats(job.out, result)
-        (job.out / "PROVENANCE.json").write_text(json.dumps(
-            {"provenance": provenance, "eval": eval_metadata(result), "job": {
-                "model": job.model, "hook": job.hook, "train": asdict(job.train),
-                "max_tokens": job.max_tokens, "eval_tokens": job.eval_tokens}}, indent=2))
+        (job.out / "PROVENANCE.json").write_text(
+            json.dumps(
+                {
+                    "provenance": provenance,
+                    "eval": eval_metadata(result),
+                    "job": {
+                        "model": job.model,
+                        "hook": job.hook,
+                        "train": asdict(job.train),
+                        "max_tokens": job.max_tokens,
+                        "eval_tokens": job.eval_tokens,
+                    },
+                },
+                indent=2,
+            )
+        )
     return {"eval": eval_metadata(result), "provenance": provenance}

@@ -2,7 +2,8 @@
 
 Layout of a store directory::
 
-    manifest.json            d_in, hook, model, dtype, shards [{file, rows}], inputs {corpus: docs_done}
+    manifest.json            d_in, hook, model, dtype, shards [{file, rows}],
+                             inputs {corpus: documents done}
     shard_00000.safetensors  tensor "acts" (rows, d_in) in fp16
 
 Collection streams documents through the model, stops the forward pass right after the hooked
@@ -92,7 +93,9 @@ def tokenize_document(tokenizer: Any, doc: dict[str, Any], max_len: int) -> list
             ids = ids["input_ids"]
     else:
         ids = tokenizer(doc["text"], add_special_tokens=False)["input_ids"]
-    return [ids[i : i + max_len] for i in range(0, len(ids), max_len) if len(ids[i : i + max_len]) > 1]
+    return [
+        ids[i : i + max_len] for i in range(0, len(ids), max_len) if len(ids[i : i + max_len]) > 1
+    ]
 
 
 def _batches(rows: list[tuple[str, list[int]]], tokens_per_batch: int) -> Iterator[list]:
@@ -130,9 +133,19 @@ def activations_for_rows(
 
 
 def collect(
-    model: Any, tokenizer: Any, hook: str, model_name: str, docs: Iterable[dict[str, Any]],
-    store: Path, *, corpus_name: str, max_tokens: int | None = None, max_len: int = 256,
-    shard_rows: int = 65536, tokens_per_batch: int = 4096, docs_per_group: int = 256,
+    model: Any,
+    tokenizer: Any,
+    hook: str,
+    model_name: str,
+    docs: Iterable[dict[str, Any]],
+    store: Path,
+    *,
+    corpus_name: str,
+    max_tokens: int | None = None,
+    max_len: int = 256,
+    shard_rows: int = 65536,
+    tokens_per_batch: int = 4096,
+    docs_per_group: int = 256,
     progress: bool = True,
 ) -> Manifest:
     """Collect activations of ``docs`` at ``hook`` into ``store`` (resumable, see module doc)."""
@@ -155,8 +168,7 @@ def collect(
     pending: list[torch.Tensor] = []
     pending_rows, pending_docs = 0, 0
     per_source: dict[str, int] = {}
-    bar = tqdm(total=max_tokens, initial=man.rows, unit="tok", disable=not progress,
-               desc="collect")
+    bar = tqdm(total=max_tokens, initial=man.rows, unit="tok", disable=not progress, desc="collect")
     start = time.perf_counter()
 
     def flush() -> None:
@@ -208,8 +220,15 @@ class ActivationReader:
     are permuted, so memory stays bounded by the buffer, not the store.
     """
 
-    def __init__(self, store: Path, *, batch_size: int, seed: int = 0, buffer_shards: int = 8,
-                 limit_shards: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Path,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        buffer_shards: int = 8,
+        limit_shards: int | None = None,
+    ) -> None:
         self.store = Path(store)
         self.manifest = Manifest.load(self.store)
         self.shards = self.manifest.shards[:limit_shards]

@@ -64,6 +64,8 @@ class TrainConfig:
 class TrainableSAE(nn.Module):
     """The SAE being trained, in normalised input units. Shapes follow SAELens."""
 
+    threshold: torch.Tensor  # () batchtopk: EMA of the smallest kept activation
+
     def __init__(self, d_in: int, d_sae: int, recipe: str, k: int) -> None:
         super().__init__()
         self.recipe, self.k = recipe, k
@@ -147,7 +149,7 @@ def sparse_codes(
 def sparse_decode(
     w_dec: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int
 ) -> torch.Tensor:
-    """``Σ_j vals_j · W_dec[cols_j]`` per row, without a dense ``(N, d_sae)`` product -> (N, d_in)."""
+    """``Σ_j vals_j · W_dec[cols_j]`` per row, no dense ``(N, d_sae)`` product -> (N, d_in)."""
     offsets = torch.zeros(n, dtype=torch.long)
     counts = torch.bincount(rows, minlength=n)  # (N,)
     offsets[1:] = counts.cumsum(0)[:-1]
@@ -192,8 +194,13 @@ def _loss(
 
 
 def train_sae(
-    reader: ActivationReader, cfg: TrainConfig, out_dir: Path, *, progress: bool = True,
-    log: Any = None, stop_after: int | None = None,
+    reader: ActivationReader,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    log: Any = None,
+    stop_after: int | None = None,
 ) -> tuple[TrainableSAE, dict[str, Any]]:
     """Train on ``reader`` and return the model (normalised units) and a summary dict.
 
@@ -221,7 +228,11 @@ def train_sae(
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        since_fired, step, seconds = state["since_fired"], int(state["step"]), float(state["seconds"])
+        since_fired, step, seconds = (
+            state["since_fired"],
+            int(state["step"]),
+            float(state["seconds"]),
+        )
         history = state["history"]
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
     end = total if stop_after is None else min(total, step + stop_after)
@@ -256,19 +267,31 @@ def train_sae(
             logs.update(step=step, dead=float(dead.float().mean()), lr=lr_at(step - 1, total, cfg))
             if step % 10 == 0 or step == total:
                 history.append(logs)
-                bar.set_postfix(fvu=f"{logs['fvu']:.3f}", l0=f"{logs['l0']:.1f}",
-                                dead=f"{logs['dead']:.3f}")
+                bar.set_postfix(
+                    fvu=f"{logs['fvu']:.3f}", l0=f"{logs['l0']:.1f}", dead=f"{logs['dead']:.3f}"
+                )
                 if log is not None:
                     log.info("train_step", **logs)
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == end:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                            "since_fired": since_fired, "step": step, "seconds": seconds,
-                            "history": history}, ckpt)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "since_fired": since_fired,
+                        "step": step,
+                        "seconds": seconds,
+                        "history": history,
+                    },
+                    ckpt,
+                )
     bar.close()
     summary = {
-        "config": asdict(cfg), "input_scale": scale, "steps": step,
-        "tokens_seen": step * cfg.batch_size, "train_seconds": round(seconds, 1),
+        "config": asdict(cfg),
+        "input_scale": scale,
+        "steps": step,
+        "tokens_seen": step * cfg.batch_size,
+        "train_seconds": round(seconds, 1),
         "train_tokens_per_second": round(step * cfg.batch_size / max(seconds, 1e-9), 1),
         "final": history[-1] if history else {},
         "dead_fraction_train": float((since_fired > cfg.dead_tokens).float().mean()),

@@ -14,8 +14,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
-    GemmaConfig,
     Gemma2Config,
+    GemmaConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
@@ -71,28 +71,60 @@ def _common(tok: PreTrainedTokenizerFast) -> dict[str, Any]:
 
 
 def _llama(c: dict[str, Any]) -> Any:
-    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, **c)
+    return LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **c,
+    )
 
 
 def _mistral(c: dict[str, Any]) -> Any:
-    return MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, **c)
+    return MistralConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **c,
+    )
 
 
 def _qwen2(c: dict[str, Any]) -> Any:
-    return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                       num_attention_heads=4, num_key_value_heads=2, **c)
+    return Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **c,
+    )
 
 
 def _gemma(c: dict[str, Any]) -> Any:
-    return GemmaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, **c)
+    return GemmaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        **c,
+    )
 
 
 def _gemma2(c: dict[str, Any]) -> Any:
-    return Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, **c)
+    return Gemma2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        **c,
+    )
 
 
 def _gpt2(c: dict[str, Any]) -> Any:
@@ -100,8 +132,14 @@ def _gpt2(c: dict[str, Any]) -> Any:
 
 
 def _gpt_neox(c: dict[str, Any]) -> Any:
-    return GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=256, **c)
+    return GPTNeoXConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        **c,
+    )
 
 
 FAMILIES: dict[str, Callable[[dict[str, Any]], Any]] = {

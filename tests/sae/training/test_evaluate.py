@@ -31,13 +31,12 @@ def test_export_reads_raw_units(recipe: str, tmp_path: Path) -> None:
     sae = export_sae(trained, s, hook_name=HOOK, model_name="tiny")
     x = torch.randn(30, 16) * s
     pre = trained.pre_acts(x / s)
-    if recipe == "batchtopk":
-        expected = pre * (pre > 0.3)  # exported as jumprelu with the learnt threshold
-    else:
-        expected = trained.select(pre)
+    # batchtopk is exported as jumprelu with the learnt threshold
+    expected = pre * (pre > 0.3) if recipe == "batchtopk" else trained.select(pre)
     torch.testing.assert_close(sae.encode(x), expected * s, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sae.decode(sae.encode(x)),
-                               trained.decode(expected) * s, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        sae.decode(sae.encode(x)), trained.decode(expected) * s, rtol=1e-5, atol=1e-4
+    )
     # and the saved folder loads back to the same encode
     sae.cfg.metadata["note"] = "x"
     from sae.loading import save_sae
@@ -75,12 +74,24 @@ def test_job_end_to_end_saves_a_loadable_sae_that_passes_preflight(tmp_path: Pat
         for i in range(400):
             n = int(torch.randint(6, 30, (1,), generator=g))
             text = " ".join(words[int(j)] for j in torch.randint(0, len(words), (n,), generator=g))
-            fh.write(json.dumps({"source": "syn", "split": "heldout" if i % 10 == 0 else "train",
-                                 "text": text}) + "\n")
-    job = Job(model="tiny", hook=HOOK, work=tmp_path / "work", out=tmp_path / "sae",
-              corpora=[corpus], eval_tokens=500, progress=False,
-              train=TrainConfig(d_sae=256, k=8, batch_size=512, epochs=12, lr=3e-3,
-                                warmup_steps=10, checkpoint_every=20))
+            fh.write(
+                json.dumps(
+                    {"source": "syn", "split": "heldout" if i % 10 == 0 else "train", "text": text}
+                )
+                + "\n"
+            )
+    job = Job(
+        model="tiny",
+        hook=HOOK,
+        work=tmp_path / "work",
+        out=tmp_path / "sae",
+        corpora=[corpus],
+        eval_tokens=500,
+        progress=False,
+        train=TrainConfig(
+            d_sae=256, k=8, batch_size=512, epochs=12, lr=3e-3, warmup_steps=10, checkpoint_every=20
+        ),
+    )
     lm = SimpleNamespace(model=model, tokenizer=tok)
     summary = run_job(job, lm, src_dir=tmp_path)
     ev = summary["eval"]["eval"]

@@ -16,7 +16,10 @@ HOOK = "blocks.1.hook_resid_post"
 def _docs(n: int) -> list[dict]:
     words = ["scam", "bank", "fox", "engineer", "tests", "world", "careful", "prize"]
     return [
-        {"source": "a" if i % 2 else "b", "text": " ".join(words[(i + j) % 8] for j in range(3 + i % 9))}
+        {
+            "source": "a" if i % 2 else "b",
+            "text": " ".join(words[(i + j) % 8] for j in range(3 + i % 9)),
+        }
         for i in range(n)
     ]
 
@@ -35,18 +38,49 @@ def test_rows_drop_padding_and_position_zero() -> None:
 def test_collect_counts_resumes_and_never_duplicates(tmp_path: Path) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer()
     docs = _docs(40)
-    full = collect(model, tok, HOOK, "tiny", docs, tmp_path / "full", corpus_name="c",
-                   shard_rows=50, docs_per_group=8, progress=False)
+    full = collect(
+        model,
+        tok,
+        HOOK,
+        "tiny",
+        docs,
+        tmp_path / "full",
+        corpus_name="c",
+        shard_rows=50,
+        docs_per_group=8,
+        progress=False,
+    )
     expected_rows = sum(len(tok(d["text"])["input_ids"]) - 1 for d in docs)
     assert full.rows == expected_rows
     assert full.inputs == {"c": 40}
     assert sum(full.tokens_per_source.values()) == expected_rows
     # an interrupted run (token cap) resumes to the same total
-    part = collect(model, tok, HOOK, "tiny", docs, tmp_path / "part", corpus_name="c",
-                   shard_rows=50, docs_per_group=8, max_tokens=60, progress=False)
+    part = collect(
+        model,
+        tok,
+        HOOK,
+        "tiny",
+        docs,
+        tmp_path / "part",
+        corpus_name="c",
+        shard_rows=50,
+        docs_per_group=8,
+        max_tokens=60,
+        progress=False,
+    )
     assert part.inputs["c"] < 40
-    resumed = collect(model, tok, HOOK, "tiny", docs, tmp_path / "part", corpus_name="c",
-                      shard_rows=50, docs_per_group=8, progress=False)
+    resumed = collect(
+        model,
+        tok,
+        HOOK,
+        "tiny",
+        docs,
+        tmp_path / "part",
+        corpus_name="c",
+        shard_rows=50,
+        docs_per_group=8,
+        progress=False,
+    )
     assert resumed.rows == expected_rows and resumed.inputs == {"c": 40}
     a = torch.cat(list(ActivationReader(tmp_path / "full", batch_size=1000).epoch(0)))
     b = torch.cat(list(ActivationReader(tmp_path / "part", batch_size=1000).epoch(0)))
@@ -58,9 +92,17 @@ def test_refuses_to_mix_hooks(tmp_path: Path) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer()
     collect(model, tok, HOOK, "tiny", _docs(4), tmp_path, corpus_name="c", progress=False)
     try:
-        collect(model, tok, "blocks.0.hook_resid_post", "tiny", _docs(4), tmp_path,
-                corpus_name="c", progress=False)
-    except Exception as exc:  # noqa: BLE001
+        collect(
+            model,
+            tok,
+            "blocks.0.hook_resid_post",
+            "tiny",
+            _docs(4),
+            tmp_path,
+            corpus_name="c",
+            progress=False,
+        )
+    except Exception as exc:
         assert "refusing" in str(exc)
     else:
         raise AssertionError("mixing hooks in one store must fail")

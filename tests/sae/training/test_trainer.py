@@ -1,4 +1,4 @@
-"""Trainers: loss falls, sparsity is what each recipe promises, dead latents, resume, determinism."""
+"""Trainers: loss falls, sparsity is as promised, dead latents, resume, determinism."""
 
 from __future__ import annotations
 
@@ -40,8 +40,16 @@ def _planted_store(path: Path, rows: int = 8192, seed: int = 0) -> Path:
 
 
 def _cfg(**kw: object) -> TrainConfig:
-    base: dict = dict(d_sae=64, k=4, batch_size=256, epochs=6, warmup_steps=10, lr=3e-3,
-                      checkpoint_every=50, dead_tokens=4096)
+    base: dict = dict(
+        d_sae=64,
+        k=4,
+        batch_size=256,
+        epochs=6,
+        warmup_steps=10,
+        lr=3e-3,
+        checkpoint_every=50,
+        dead_tokens=4096,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -49,8 +57,9 @@ def _cfg(**kw: object) -> TrainConfig:
 @pytest.mark.parametrize("recipe", ["batchtopk", "topk", "relu_l1"])
 def test_training_lowers_reconstruction_loss(tmp_path: Path, recipe: str) -> None:
     reader = ActivationReader(_planted_store(tmp_path / "store"), batch_size=256)
-    model, summary = train_sae(reader, _cfg(recipe=recipe, l1_coefficient=0.05), tmp_path / "run",
-                               progress=False)
+    model, summary = train_sae(
+        reader, _cfg(recipe=recipe, l1_coefficient=0.05), tmp_path / "run", progress=False
+    )
     hist = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["history"]
     first, last = hist[0]["fvu"], hist[-1]["fvu"]
     assert last < 0.5 * first, (first, last)
@@ -78,8 +87,9 @@ def test_l1_penalty_reduces_l0(tmp_path: Path) -> None:
     l0 = []
     for coeff in (0.0, 2.0):
         run = tmp_path / f"run{coeff}"
-        train_sae(reader, _cfg(recipe="relu_l1", l1_coefficient=coeff, epochs=3), run,
-                  progress=False)
+        train_sae(
+            reader, _cfg(recipe="relu_l1", l1_coefficient=coeff, epochs=3), run, progress=False
+        )
         l0.append(torch.load(run / "checkpoint.pt", weights_only=True)["history"][-1]["l0"])
     assert l0[1] < 0.5 * l0[0], l0
 
@@ -114,8 +124,9 @@ def test_sparse_decode_equals_dense_decode(recipe: str) -> None:
 def test_dead_latents_are_counted_and_revived(tmp_path: Path) -> None:
     reader = ActivationReader(_planted_store(tmp_path / "store"), batch_size=256)
     _, with_aux = train_sae(reader, _cfg(recipe="topk", d_sae=128), tmp_path / "a", progress=False)
-    _, no_aux = train_sae(reader, _cfg(recipe="topk", d_sae=128, auxk_alpha=0.0), tmp_path / "b",
-                          progress=False)
+    _, no_aux = train_sae(
+        reader, _cfg(recipe="topk", d_sae=128, auxk_alpha=0.0), tmp_path / "b", progress=False
+    )
     assert 0.0 <= with_aux["dead_fraction_train"] <= 1.0
     assert with_aux["dead_fraction_train"] <= no_aux["dead_fraction_train"]
 
@@ -123,8 +134,12 @@ def test_dead_latents_are_counted_and_revived(tmp_path: Path) -> None:
 def test_resume_and_determinism(tmp_path: Path) -> None:
     reader = ActivationReader(_planted_store(tmp_path / "store"), batch_size=256)
     full, _ = train_sae(reader, _cfg(epochs=2), tmp_path / "full", progress=False)
-    again, _ = train_sae(ActivationReader(tmp_path / "store", batch_size=256), _cfg(epochs=2),
-                         tmp_path / "again", progress=False)
+    again, _ = train_sae(
+        ActivationReader(tmp_path / "store", batch_size=256),
+        _cfg(epochs=2),
+        tmp_path / "again",
+        progress=False,
+    )
     assert torch.equal(full.W_dec, again.W_dec)  # deterministic for a seed
     # stop after 37 of 64 steps (mid-epoch), then resume to the end
     part = tmp_path / "part"

@@ -1,0 +1,149 @@
+"""Hot reload: atomic swaps under a running evaluation loop; bad files keep the last good."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monitor.policy.diagnostics import PolicyError
+from monitor.policy.reload import PolicyWatcher, ReloadEvent
+from tests.monitor.policy.helpers import HEADER
+
+
+def version(n_rules: int, tag: str) -> str:
+    rules = "".join(
+        f"  - {{id: {tag}{i}, severity: low, condition: {{feature: a, above: {i}.5}},"
+        f" actions: [{{type: log}}]}}\n"
+        for i in range(n_rules)
+    )
+    return HEADER.replace("name: test", f"name: test, revision: {tag.upper()}") + "rules:\n" + rules
+
+
+VALID = {"A": version(2, "a"), "B": version(5, "b")}
+INVALID = [
+    "version: 1\npolicy: {name: [broken\n",  # YAML syntax
+    VALID["A"].replace("severity: low", "severity: urgent"),  # schema
+    VALID["B"].replace("feature: a,", "feature: zz,"),  # unknown feature
+    VALID["A"][: len(VALID["A"]) // 2],  # a write cut half-way
+]
+IDS = {tuple(f"a{i}" for i in range(2)), tuple(f"b{i}" for i in range(5))}
+
+
+def test_200_reloads_during_evaluation(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(VALID["A"])
+    events: list[ReloadEvent] = []
+    watcher = PolicyWatcher(path, d_sae={"main": 64}, on_reload=[events.append])
+    stop, problems, steps = threading.Event(), [], [0]
+
+    def evaluate() -> None:
+        while not stop.is_set():
+            snap = watcher.snapshot  # read once, use for the whole "request"
+            p, ev = snap.policy, snap.evaluator
+            if ev.compiled is not p or p.rule_ids not in IDS:
+                problems.append(f"inconsistent snapshot {p.rule_ids}")
+            st = ev.new_state(2)
+            for _ in range(3):
+                res = ev.step(
+                    torch.full((2, 1, p.K), 9.0),
+                    torch.ones(2, 1, dtype=torch.bool),
+                    "completion",
+                    st,
+                )
+                if res.match.shape != (2, 1, p.R) or res.active[0, 0].sum() != p.R:
+                    problems.append(f"bad step for {p.rule_ids}")
+            steps[0] += 1
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    try:
+        good = watcher.snapshot
+        for i in range(200):
+            if i % 2 == 0:
+                tag = "B" if i % 4 == 0 else "A"
+                path.write_text(VALID[tag])
+                ev = watcher.reload_now()
+                assert ev.ok and ev.generation == good.generation + 1, ev.error
+                good = watcher.snapshot
+                assert good.policy.revision == tag and good.sha256 == ev.active_sha256
+            else:
+                path.write_text(INVALID[(i // 2) % len(INVALID)])
+                ev = watcher.reload_now()
+                assert not ev.ok and ev.error
+                assert watcher.snapshot is good  # the last good policy stays active
+                assert ev.active_sha256 == good.sha256
+    finally:
+        stop.set()
+        thread.join()
+    assert not problems, problems[:5]
+    assert steps[0] > 0
+    assert (watcher.reloads_ok, watcher.reloads_failed) == (100, 100)
+    assert len(events) == 200 and watcher.last_error is not None
+    assert watcher.last_error.diagnostics[0].code.startswith("FG")
+
+
+def test_invalid_first_load_raises(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(INVALID[1])
+    with pytest.raises(PolicyError) as info:
+        PolicyWatcher(path, d_sae={"main": 64})
+    assert info.value.diagnostics[0].code == "FG204"
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_polling_thread_debounces_and_keeps_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(VALID["A"])
+    events: list[ReloadEvent] = []
+    with PolicyWatcher(
+        path, interval_s=0.02, stable_s=0.05, d_sae={"main": 64}, on_reload=[events.append]
+    ) as w:
+        path.write_text(VALID["B"])
+        assert wait_for(lambda: w.snapshot.revision == "B")
+        path.write_text(INVALID[0])
+        assert wait_for(lambda: w.reloads_failed == 1)
+        time.sleep(0.2)  # the same bad bytes are reported once, not on every poll
+        assert w.reloads_failed == 1 and w.snapshot.revision == "B"
+        path.write_text(VALID["A"])
+        assert wait_for(lambda: w.snapshot.revision == "A")
+    assert [e.ok for e in events] == [True, False, True]
+
+
+def test_write_in_progress_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(VALID["A"])
+    w = PolicyWatcher(path, stable_s=0.3, d_sae={"main": 64})
+    text = VALID["B"]
+    with path.open("w") as fh:  # a slow writer: the file grows during the stability wait
+        fh.write(text[:100])
+        fh.flush()
+        timer = threading.Timer(0.1, lambda: (fh.write(text[100:200]), fh.flush()))
+        timer.start()
+        assert w.check_now() is None  # changed during the wait: not read
+        timer.join()
+        fh.write(text[200:])
+    assert w.check_now() is not None and w.snapshot.revision == "B"
+
+
+def test_callback_errors_do_not_break_reload(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(VALID["A"])
+
+    def boom(event: ReloadEvent) -> None:
+        raise RuntimeError("metrics down")
+
+    w = PolicyWatcher(path, d_sae={"main": 64}, on_reload=[boom])
+    path.write_text(VALID["B"])
+    assert w.reload_now().ok and w.callback_errors == 1 and w.snapshot.revision == "B"
