@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae.errors import FeatureguardError
+from sae.hooks import capture
 
 MANIFEST = "manifest.json"
 
@@ -57,29 +58,6 @@ class Manifest:
         tmp = store / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(self.__dict__, indent=1))
         os.replace(tmp, store / MANIFEST)
-
-
-class _Stop(Exception):
-    pass
-
-
-def capture_activations(model: Any, hook: str, **inputs: Any) -> torch.Tensor:
-    """Residual stream after decoder layer N (``blocks.N.hook_resid_post``), stopping there."""
-    layer = int(hook.split(".")[1])
-    captured: list[torch.Tensor] = []
-
-    def grab(_m: Any, _i: Any, out: Any) -> None:
-        captured.append(out[0] if isinstance(out, tuple) else out)
-        raise _Stop
-
-    handle = model.model.layers[layer].register_forward_hook(grab)
-    try:
-        model(**inputs, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured[0]
 
 
 def tokenize_document(tokenizer: Any, doc: dict[str, Any], max_len: int) -> list[list[int]]:
@@ -125,7 +103,7 @@ def activations_for_rows(
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
-    acts = capture_activations(model, hook, input_ids=ids, attention_mask=mask)  # (B, T, d)
+    acts = capture(model, hook, ids, mask)  # (B, T, d), the forward stops after the hook
     keep = mask.bool()
     keep[:, 0] = False
     row_index = torch.arange(len(rows)).unsqueeze(1).expand_as(keep)[keep]  # (N,)

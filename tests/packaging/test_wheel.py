@@ -1,4 +1,4 @@
-"""A plain (non-editable) ``pip install`` of the wheel finds the bundled SAE and shipped policies."""
+"""A plain (non-editable) pip install of the wheel finds the bundled SAE and shipped policies."""
 
 from __future__ import annotations
 
@@ -37,9 +37,20 @@ SCRIPT = textwrap.dedent(
 def test_wheel_install_finds_bundled_sae_and_policies(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(REPO)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = wheels.glob("featureguard-*.whl")
     venv = tmp_path / "venv"
@@ -47,21 +58,38 @@ def test_wheel_install_finds_bundled_sae_and_policies(tmp_path: Path) -> None:
     py = venv / "bin" / "python"
     # Dependencies come from this environment's site-packages (a path entry, so its .pth files,
     # including any editable install of featureguard, are not processed).
-    target = Path(subprocess.run(
-        [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True, capture_output=True, text=True).stdout.strip())
+    target = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     (target / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(venv),
-         str(wheel)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--prefix",
+            str(venv),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
     )
     (tmp_path / "script.py").write_text(SCRIPT)
     policies = [p.stem for p in (REPO / "rules").glob("*.yaml") if not p.stem.endswith(".test")]
     assert "example" in policies
     res = subprocess.run(
         [str(py), str(tmp_path / "script.py"), str(REPO), *policies],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     import json

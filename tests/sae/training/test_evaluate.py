@@ -67,7 +67,20 @@ def test_identity_sae_metrics() -> None:
 
 def test_job_end_to_end_saves_a_loadable_sae_that_passes_preflight(tmp_path: Path) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer()
-    words = "the quick brown fox scam bank engineer careful prize world tests money".split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "scam",
+        "bank",
+        "engineer",
+        "careful",
+        "prize",
+        "world",
+        "tests",
+        "money",
+    ]
     g = torch.Generator().manual_seed(0)
     corpus = tmp_path / "c.jsonl"
     with open(corpus, "w") as fh:
