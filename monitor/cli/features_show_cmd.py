@@ -1,0 +1,86 @@
+"""``featureguard features show IDX``: what one feature responds to and what it promotes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+WORDS = "features show"
+HELP = "top-activating contexts, histogram, density and logit lens of one feature"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sae.discovery.cliutil import add_stack_args
+
+    parser.add_argument("index", type=int, metavar="IDX", help="feature index")
+    add_stack_args(parser, span="all")
+    parser.add_argument(
+        "--corpus",
+        help="JSONL or detection-set spec (default: data/corpus/*.jsonl held-out split if "
+        "present, else data/detection:*:train,dev)",
+    )
+    parser.add_argument("--limit", type=int, default=400, help="texts to scan (default: 400)")
+    parser.add_argument("--top", type=int, default=10, help="contexts to show (default: 10)")
+    parser.add_argument("--html", type=Path, metavar="OUT", help="also write an HTML page")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def corpus_items(spec: str | None, limit: int) -> tuple[str, list[Any]]:
+    """The texts to scan and a name for them (see ``--corpus``)."""
+    from sae.discovery.data import load_items, read_jsonl
+
+    if spec:
+        return spec, load_items(spec)[:limit]
+    files = sorted(Path("data/corpus").glob("*.jsonl"))
+    held = [it for f in files for it in read_jsonl(f) if it.split == "heldout"]
+    if held:
+        return "data/corpus/*.jsonl (heldout)", held[:limit]
+    spec = "data/detection:*:train,dev"
+    return spec, load_items(spec)[:limit]
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae.discovery.cliutil import dump_json, stack_from_args
+    from sae.discovery.inspect import highlight, histogram, html_report, inspect_feature
+
+    name, items = corpus_items(args.corpus, args.limit)
+    stack = stack_from_args(args)
+    rep = inspect_feature(stack, items, args.index, span=args.span, top=args.top)
+    if args.html:
+        args.html.write_text(html_report(rep, f"feature {args.index} ({stack.name})"), "utf-8")
+    if args.json:
+        print(
+            dump_json(
+                {
+                    "index": rep.index,
+                    "corpus": name,
+                    "scored_tokens": rep.values.numel(),
+                    "density": rep.density,
+                    "promoted": rep.promoted,
+                    "suppressed": rep.suppressed,
+                    "contexts": [
+                        {"id": c.item_id, "peak": c.peak, "tokens": c.tokens, "values": c.values}
+                        for c in rep.contexts
+                    ],
+                }
+            )
+        )
+        return 0
+    print(
+        f"feature {rep.index} of {stack.name}; corpus {name} ({len(items)} texts, "
+        f"{rep.values.numel()} scored tokens, span {args.span})"
+    )
+    print(f"density  {rep.density:.4%} of scored tokens active")
+    print("promotes   " + "  ".join(f"{t!r} {v:+.2f}" for t, v in rep.promoted))
+    print("suppresses " + "  ".join(f"{t!r} {v:+.2f}" for t, v in rep.suppressed))
+    print("histogram of active values:")
+    print("\n".join("  " + line for line in histogram(rep.values)))
+    print("top contexts ([[token|value]] marks active tokens):")
+    for c in rep.contexts:
+        print(f"  {c.peak:8.3f}  {c.item_id}: {highlight(c)!r}")
+    if not rep.contexts:
+        print("  (the feature never fired on these texts)")
+    if args.html:
+        print(f"wrote {args.html}")
+    return 0

@@ -1,0 +1,90 @@
+"""``featureguard features train-probe``: a logistic probe over SAE features, into a catalog."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+WORDS = "features train-probe"
+HELP = "train an L1/L2 logistic probe over SAE features (CV, FPR-calibrated) into a catalog"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from monitor.cli.features_find_cmd import SOURCES
+    from sae.discovery.cliutil import add_stack_args
+
+    parser.add_argument("--positive", required=True, metavar="P", help=SOURCES)
+    parser.add_argument("--negative", required=True, metavar="N", help=SOURCES)
+    parser.add_argument("--name", required=True, help="probe name in the catalog")
+    parser.add_argument("--catalog", type=Path, required=True, metavar="FILE")
+    feats = parser.add_mutually_exclusive_group()
+    feats.add_argument("--features", metavar="LIST", help="indices or catalog names, commas")
+    feats.add_argument(
+        "--top", type=int, default=64, help="use the N best features by contrast AUC (default: 64)"
+    )
+    add_stack_args(parser)
+    parser.add_argument(
+        "--pool",
+        choices=["max", "mean"],
+        default="max",
+        help="max: peak per-token score (pooling token); mean: running mean",
+    )
+    parser.add_argument("--penalty", choices=["l1", "l2"], default="l2")
+    parser.add_argument("--folds", type=int, default=5, help="CV folds (default: 5)")
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument(
+        "--calibration-negative",
+        metavar="SPEC",
+        help="held-out negatives for the threshold (e.g. "
+        "data/detection:benign:dev); default: out-of-fold training negatives",
+    )
+    parser.add_argument("--replace", action="store_true", help="overwrite a probe of that name")
+    parser.add_argument("--allow-test", action="store_true", help="allow test-split items")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae.discovery.cliutil import dump_json, stack_from_args
+    from sae.discovery.data import load_items, refuse_test_split
+    from sae.discovery.probe_catalog import train_probe
+
+    sets = {}
+    for key in ("positive", "negative", "calibration_negative"):
+        spec = getattr(args, key)
+        if spec:
+            sets[key] = load_items(spec)
+            refuse_test_split(sets[key], spec, args.allow_test)
+    stack = stack_from_args(args)
+    out = train_probe(
+        stack,
+        sets["positive"],
+        sets["negative"],
+        catalog=args.catalog,
+        name=args.name,
+        features=args.features,
+        top=args.top,
+        pool=args.pool,
+        span=args.span,
+        penalty=args.penalty,
+        k=args.folds,
+        target_fpr=args.target_fpr,
+        calibration=sets.get("calibration_negative"),
+        replace=args.replace,
+        sources=(args.positive, args.negative, args.calibration_negative),
+    )
+    if args.json:
+        print(dump_json(out))
+        return 0
+    cal = out["calibration"]
+    print(
+        f"probe {out['probe']} ({len(out['features'])} features, pooling {out['pooling']}) "
+        f"→ {out['catalog']}"
+    )
+    for lam, (m, sd) in out["cv_auc"].items():
+        mark = " *" if float(lam) == out["lambda"] else ""
+        print(f"  lambda {lam:>8}: CV AUC {m:.3f} ± {sd:.3f}{mark}")
+    print(
+        f"  threshold {out['threshold']:.6g} ({out['link']}); FPR {cal['calibration_fpr']:.3f} "
+        f"on {cal['calibration_source']}; out-of-fold recall {cal['oof_recall']:.3f}"
+    )
+    return 0

@@ -1,0 +1,238 @@
+"""CLI smoke tests on a tiny model + random SAE: every discovery command runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from monitor.policy.catalog import load_catalog
+from sae.loading import sae_sha256
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_find_show_near_add_steer(tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sae, det, cat = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det", tiny_stack_dir / "c1.yaml"
+    out = _run(
+        capsys,
+        "features",
+        "find",
+        "--positive",
+        f"{det}:scam:train,dev",
+        "--negative",
+        f"{det}:benign:train,dev",
+        "--sae",
+        sae,
+        "--top",
+        "5",
+        "--json",
+        "--write-catalog",
+        str(cat),
+        "--name",
+        "scam_words",
+    )
+    res = json.loads(out)
+    assert len(res["features"]) == 5 and res["features"][0]["auc"] >= res["features"][1]["auc"]
+    c = load_catalog(cat)
+    assert c.sae.sha256 == sae_sha256(sae) and c.features[0].name == "scam_words"
+    assert c.features[0].index == res["features"][0]["index"] and c.features[0].evidence
+    assert "AUC" in c.features[0].description and "sha256:" in c.features[0].description
+    idx = str(c.features[0].index)
+    html = tiny_stack_dir / "show.html"
+    out = _run(
+        capsys,
+        "features",
+        "show",
+        idx,
+        "--sae",
+        sae,
+        "--corpus",
+        f"{det}:*:train",
+        "--html",
+        str(html),
+    )
+    assert "density" in out and "promotes" in out and "[[" in out
+    page = html.read_text()
+    assert page.startswith("<!doctype html>") and "<|im_start|>" not in page  # escaped
+    near = json.loads(
+        _run(
+            capsys,
+            "features",
+            "near",
+            idx,
+            "--sae",
+            sae,
+            "--k",
+            "3",
+            "--catalog",
+            str(cat),
+            "--json",
+        )
+    )
+    assert len(near["neighbours"]) == 3 and near["label"] == "scam_words"
+    _run(
+        capsys,
+        "features",
+        "add",
+        "--catalog",
+        str(cat),
+        "--index",
+        "7",
+        "--name",
+        "seven",
+        "--sae",
+        sae,
+        "--scale",
+        "2.5",
+    )
+    assert {f.name: f.scale for f in load_catalog(cat).features}["seven"] == 2.5
+    assert (
+        main(
+            [
+                "features",
+                "add",
+                "--catalog",
+                str(cat),
+                "--index",
+                "8",
+                "--name",
+                "seven",
+                "--sae",
+                sae,
+            ]
+        )
+        == 2
+    )  # name taken by another index: refused
+    out = json.loads(
+        _run(
+            capsys,
+            "steer",
+            "--feature",
+            idx,
+            "--value",
+            "50",
+            "--prompt",
+            "hi",
+            "--sae",
+            sae,
+            "--max-new-tokens",
+            "6",
+            "--json",
+        )
+    )
+    assert out["baseline"] != out["steered"]
+
+
+def test_train_probe_then_eval_detection(
+    tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sae, det, cat = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det", tiny_stack_dir / "c2.yaml"
+    assert (
+        main(
+            [
+                "features",
+                "train-probe",
+                "--positive",
+                f"{det}:scam:test",
+                "--negative",
+                f"{det}:benign:train",
+                "--name",
+                "p",
+                "--catalog",
+                str(cat),
+                "--sae",
+                sae,
+            ]
+        )
+        == 2
+    )  # the test split is refused
+    capsys.readouterr()
+    out = json.loads(
+        _run(
+            capsys,
+            "features",
+            "train-probe",
+            "--positive",
+            f"{det}:scam:train",
+            "--negative",
+            f"{det}:benign:train",
+            "--calibration-negative",
+            f"{det}:benign:dev",
+            "--name",
+            "scam_probe",
+            "--catalog",
+            str(cat),
+            "--top",
+            "6",
+            "--folds",
+            "3",
+            "--sae",
+            sae,
+            "--json",
+        )
+    )
+    c = load_catalog(cat)
+    assert c.probes["scam_probe"].features == list(out["features"])
+    assert all(f.name in out["features"] for f in c.features)  # f<idx> entries created
+    _run(
+        capsys,
+        "features",
+        "find",
+        "--positive",
+        f"{det}:scam:train",
+        "--negative",
+        f"{det}:benign:train",
+        "--sae",
+        sae,
+        "--write-catalog",
+        str(cat),
+        "--name",
+        "top1",
+    )
+    policy = tiny_stack_dir / "policy.yaml"
+    policy.write_text(f"""version: 1
+policy: {{name: tiny}}
+saes:
+  main: {{path: {sae}}}
+imports:
+  - {{catalog: {cat.name}, sae: main}}
+rules:
+  - {{id: feat, severity: high, condition: {{feature: top1, above_scale: 0.5}},
+      actions: [{{type: log}}]}}
+  - {{id: probe, severity: high, condition: {{probe: scam_probe}}, actions: [{{type: log}}]}}
+""")
+    rep = json.loads(
+        _run(
+            capsys,
+            "eval",
+            "detection",
+            "--policy",
+            str(policy),
+            "--data",
+            str(det),
+            "--split",
+            "test",
+            "--json",
+        )
+    )
+    block = rep["categories"]["scam"]
+    kinds = {d["detector"]: d["kind"] for d in block["detectors"]}
+    assert kinds == {
+        "feat": "feature",
+        "probe": "probe",
+        "(any rule)": "any-rule",
+        "baseline-scam": "baseline",
+    }
+    row = block["detectors"][0]
+    assert row["recall"]["n"] == block["positives"] == 3
+    assert len(row["recall"]["ci95"]) == 2 and 0 <= row["auc"] <= 1
+    text = _run(
+        capsys, "eval", "detection", "--policy", str(policy), "--data", str(det), "--no-baseline"
+    )
+    assert "FPR hard-neg" in text and "baseline" not in text

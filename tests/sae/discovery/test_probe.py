@@ -1,0 +1,116 @@
+"""Probes: recover a planted rule; a serialised probe evaluates exactly as the compiled policy
+evaluator does; probes bound to another SAE are refused by the policy loader."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from monitor.policy.catalog import Catalog, CatalogFeature, CatalogSAE, load_catalog, save_catalog
+from monitor.policy.diagnostics import PolicyError
+from monitor.policy.evaluator import Evaluator
+from monitor.policy.loader import load_policy_text
+from monitor.policy.saes import static_resolver
+from sae.discovery.metrics import auc
+from sae.discovery.probe import TokenBatch, fit, fit_cv, row_scores, token_scores
+from sae.discovery.probe_catalog import probe_spec
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def planted(
+    n: int = 240, T: int = 8, K: int = 10, seed: int = 0
+) -> tuple[TokenBatch, torch.Tensor]:
+    """Sparse non-negative token features; y = 1 when some token has 2·x0 − 1.5·x3 > 1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.relu(torch.randn(n, T, K, generator=g)) * (torch.rand(n, T, K, generator=g) < 0.4)
+    lengths = torch.randint(3, T + 1, (n,), generator=g)
+    mask = torch.arange(T)[None, :] < lengths[:, None]  # (n, T) ragged rows
+    z = 2 * x[..., 0] - 1.5 * x[..., 3] - 1.0
+    y = z.masked_fill(~mask, -math.inf).amax(1) > 0
+    return TokenBatch(x * mask[..., None], mask), y.long()
+
+
+def test_probe_recovers_a_planted_rule() -> None:
+    batch, y = planted()
+    f = fit_cv(batch, y, pool="max", k=3, lambdas=(1e-3, 1e-2))
+    assert max(m for m, _ in f.cv.values()) > 0.95
+    w = f.w.abs()
+    others = w[[1, 2, 4, 5, 6, 7, 8, 9]]
+    assert f.w[0] > 0 > f.w[3] and min(w[0], w[3]) > 3 * others.max()
+    test_batch, y_test = planted(seed=1)
+    s = row_scores(test_batch, f.w, f.b, "max")
+    assert auc(s[y_test == 1], s[y_test == 0]) > 0.95
+
+
+def test_l1_probe_is_sparser_than_l2() -> None:
+    batch, y = planted()
+    w1, _ = fit(batch, y, penalty="l1", lam=0.05)
+    w2, _ = fit(batch, y, penalty="l2", lam=0.05)
+    small = lambda w: int((w.abs() < 1e-2 * w.abs().max()).sum())  # noqa: E731
+    assert small(w1) > small(w2)
+
+
+def _policy(tmp_path: Path, spec_pool: str, fitted: object, idx: list[int], sha: str = SHA_A):
+    names = [f"f{i}" for i in idx]
+    cat = Catalog(
+        sae=CatalogSAE(name="test-sae", sha256=SHA_A, d_sae=64),
+        features=[CatalogFeature(name=n, index=i) for n, i in zip(names, idx, strict=True)],
+    )
+    cat.probes["p"] = probe_spec(fitted, names, SHA_A, "test")  # type: ignore[arg-type]
+    save_catalog(cat, tmp_path / "cat.yaml")
+    assert load_catalog(tmp_path / "cat.yaml") == cat  # round trip
+    text = """
+version: 1
+policy: {name: t}
+saes:
+  main: {bundled: test-sae, d_sae: 64}
+imports:
+  - {catalog: cat.yaml, sae: main}
+rules:
+  - id: r
+    severity: high
+    condition: {probe: p}
+    actions: [{type: log}]
+"""
+    resolver = static_resolver({"main": 64}, sha256={"main": sha})
+    return load_policy_text(text, base_dir=tmp_path, resolver=resolver)
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_serialised_probe_evaluates_identically_in_the_compiled_evaluator(
+    tmp_path: Path, pool: str
+) -> None:
+    batch, y = planted(n=120)
+    f = fit_cv(batch, y, pool=pool, k=3, lambdas=(1e-3, 1e-2))
+    idx = [40, 3, 17, 8, 63, 0, 22, 5, 31, 12]  # unsorted: the policy reorders its columns
+    cp = _policy(tmp_path, f.spec_pooling, f, idx)
+    acts = torch.zeros(*batch.x.shape[:2], cp.K)  # (N, T, K) in the policy's column order
+    for j, i in enumerate(idx):
+        acts[..., cp.feature_columns[f"f{i}"]] = batch.x[..., j]
+    ev = Evaluator(cp)
+    res = ev.step(acts, batch.mask, "prompt", ev.new_state(acts.shape[0]))
+    ours = token_scores(batch.x, batch.mask, f.w, f.b, f.spec_pooling)  # (N, T)
+    theirs = res.probe_scores[..., 0]
+    assert torch.allclose(ours[batch.mask], theirs[batch.mask], atol=1e-5)
+    fired_eval = res.match.any(dim=1)[:, 0]
+    fired_ours = row_scores(batch, f.w, f.b, pool) > f.threshold
+    assert torch.equal(fired_eval, fired_ours)
+    assert 0 < int(fired_ours.sum()) < len(fired_ours)  # the comparison is not vacuous
+
+
+def test_probe_pinned_to_another_sae_is_refused_by_the_policy_loader(tmp_path: Path) -> None:
+    batch, y = planted(n=60)
+    f = fit_cv(batch, y, k=3, lambdas=(1e-2,))
+    with pytest.raises(PolicyError) as err:
+        _policy(tmp_path, "token", f, list(range(10)), sha=SHA_B)
+    assert "FG311" in str(err.value.report()) and "another SAE" in err.value.report()
+    cat = load_catalog(tmp_path / "cat.yaml")
+    cat.probes["p"] = cat.probes["p"].model_copy(update={"sae_sha256": SHA_B})
+    save_catalog(cat, tmp_path / "cat.yaml")
+    with pytest.raises(PolicyError) as err:
+        load_catalog(tmp_path / "cat.yaml")
+    assert "FG321" in err.value.report()
