@@ -25,10 +25,16 @@ def run(args: argparse.Namespace) -> int:
             installed = True
         except ModelNotFoundError:
             installed = False
-        rows.append({
-            "alias": alias, "hf_name": km.hf_name, "package": km.package,
-            "installed": installed, "cached": is_cached(alias), "description": km.description,
-        })
+        rows.append(
+            {
+                "alias": alias,
+                "hf_name": km.hf_name,
+                "package": km.package,
+                "installed": installed,
+                "cached": is_cached(alias),
+                "description": km.description,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -20,8 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from monitor.policy.diagnostics import PolicyError
     from monitor.policy.testing import default_text_encoder, run_test_file
+    from monitor.runtime.texts import lazy_text_encoder
 
-    encoder = default_text_encoder()
+    # Text cases go through the runtime's own encode path; the model loads on first use only.
+    encoder = default_text_encoder() or lazy_text_encoder()
     failed = passed = skipped = 0
     for file in args.files:
         try:

@@ -1,0 +1,307 @@
+"""Per-call monitoring state: which columns are new, which tokens are valid, evaluate, act.
+
+One :class:`Session` lives for one ``generate`` (or one scan batch). The hooks call it:
+
+- :meth:`begin_forward` (a pre-hook on the whole model) learns which sequence columns this
+  forward holds: with the KV cache the layer sees ``(B, T_new, d)``; without it the whole
+  sequence ``(B, L, d)``, so columns already seen are sliced off (``offset``).
+- :meth:`on_hook` (one hook per hook point) subset-encodes the new columns; the last hook point
+  of the forward evaluates the policy and applies ablate/clamp deltas on the device.
+- :meth:`token_appended` (the stopping criterion) records the validity of the column just
+  sampled: false for pads, finished rows and rows the monitor has stopped.
+
+Flags stay on the device. Each forward makes ONE host read (per-row token counts plus three
+flags); only when a rule matched, a token was degraded or a row must stop are details read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from monitor.runtime.binding import HookGroup, PolicyBinding
+from monitor.runtime.events import DegradedEvent, Dispatcher, MatchEvent, StepStats, log_safely
+from monitor.runtime.host import HostSide
+from monitor.runtime.report import MonitorReport, RowReport
+from monitor.runtime.stepping import Step, evaluate_phases
+
+
+class StopForward(Exception):
+    """Raised by the last hook in a final/scan forward: nothing after the hooks is needed."""
+
+
+@dataclass
+class _Forward:
+    offset: int  # first column of the layer input that is new
+    start: int  # absolute column of offset
+    n: int  # new columns
+    parts: dict[int, list[torch.Tensor] | None] = field(default_factory=dict)
+    error: str | None = None
+    t_host: float = 0.0
+
+
+class Session(HostSide):
+    """Monitoring state of one call over ``B`` rows (after ``num_return_sequences``)."""
+
+    def __init__(
+        self,
+        binding: PolicyBinding,
+        dispatcher: Dispatcher,
+        mask: torch.Tensor,
+        contexts: Sequence[Mapping[str, Any]],
+        *,
+        prompt_len: int | None = None,
+        tokenizer: Any = None,
+        eos_ids: Sequence[int] = (),
+        ignore_first_token: bool = True,
+        record: bool = False,
+        replay_edits: bool = False,
+    ) -> None:
+        B, L0 = mask.shape  # (B, L0) 2-D attention mask of the prompt
+        self.binding, self.policy, self.dispatcher = binding, binding.policy, dispatcher
+        self.device = mask.device
+        self.B, self.L0 = B, L0 if prompt_len is None else prompt_len
+        self.contexts = list(contexts)
+        self.state = binding.evaluator.new_state(B, self.device, self.contexts)
+        self.valid_all = mask.to(torch.bool)  # (B, L) validity of every column so far
+        self.ids: torch.Tensor | None = None  # (B, L) token ids, kept only for audit text
+        self.keep_ids = bool(tokenizer is not None and self.policy.audit.include_text)
+        self.tokenizer = tokenizer
+        self.eos = torch.tensor(list(eos_ids), dtype=torch.long, device=self.device)
+        self.alive = torch.ones(B, dtype=torch.bool, device=self.device)
+        self.stop_now = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self.stop_pending = False  # host copy of stop_now.any(), known from the step's read
+        self.halted = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self.halt_col: dict[int, int] = {}  # row -> column of the token where it ended
+        self.seen = 0
+        self.final = False
+        self.ignore_first = ignore_first_token
+        self.record = record
+        self.recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (start, acts, valid)
+        self.replay = replay_edits and binding.intervenes
+        self.edits: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (target, mask)
+        self.fwd: _Forward | None = None
+        self.hookset: Any = None  # set by HookSet.active
+        self._event_cols: list[int] = []  # padded column of each event of the current step
+        self.by_name = {g.point.name: g for g in binding.groups}
+        self.report = MonitorReport(
+            policy=self.policy.name,
+            revision=self.policy.revision,
+            sha256=self.policy.sha256,
+            rows=[RowReport(row=b, context=dict(self.contexts[b])) for b in range(B)],
+        )
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def begin_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Model pre-hook: which columns does this forward hold, and which of them are new?"""
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        emb = kwargs.get("inputs_embeds")
+        src = ids if isinstance(ids, torch.Tensor) else emb
+        if not isinstance(src, torch.Tensor):
+            raise RuntimeError("a monitored forward needs input_ids or inputs_embeds")
+        T = int(src.shape[1])
+        am = kwargs.get("attention_mask")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if isinstance(am, torch.Tensor) and am.dim() == 2:
+            total = int(am.shape[1])
+        else:
+            total = self.seen + T if cache is not None else T
+        start = total - T
+        if start > self.seen:
+            raise RuntimeError(f"monitor missed columns {self.seen}..{start - 1}")
+        n = total - self.seen
+        self.fwd = _Forward(offset=self.seen - start, start=self.seen, n=n) if n > 0 else None
+        if self.fwd is not None and self.keep_ids and isinstance(ids, torch.Tensor):
+            new = ids[:, self.fwd.offset :]  # (B, n)
+            self.ids = new if self.ids is None else torch.cat([self.ids, new], dim=1)
+
+    def on_hook(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """Layer hook: encode the new columns; the last hook point evaluates and edits."""
+        fwd, group = self.fwd, self.by_name.get(name)
+        if fwd is None or group is None or group.index in fwd.parts:
+            return None
+        t0 = time.perf_counter()
+        x_new = x[:, fwd.offset :]  # (B, n, d)
+        try:
+            fwd.parts[group.index] = [b.encoder(x_new) for b in group.saes]  # each (B, n, K_s)
+        except Exception as exc:  # fail mode decides; never passes as clean
+            fwd.parts[group.index] = None
+            fwd.error = fwd.error or f"{type(exc).__name__}: {exc}"
+        if len(fwd.parts) < len(self.binding.groups):
+            fwd.t_host += time.perf_counter() - t0
+            return None
+        step = self._evaluate(fwd)
+        out = self._edit(group, x, fwd, step) if step.new_acts is not None else None
+        fwd.t_host += time.perf_counter() - t0
+        self._after(fwd, step)
+        self.seen, self.fwd = fwd.start + fwd.n, None
+        if self.final:
+            raise StopForward
+        return out
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def _evaluate(self, fwd: _Forward) -> Step:
+        valid = self.valid_all[:, fwd.start : fwd.start + fwd.n]  # (B, n)
+        acts = None
+        if fwd.error is None:
+            acts = self._gather(fwd)  # (B, n, K)
+            if self.ignore_first:  # position 0 is a massive-activation outlier: no features
+                first = valid & (self.state.pos[:, None] + valid.long().cumsum(1) == 1)
+                acts = acts.masked_fill(first.unsqueeze(-1), 0)
+        p = max(0, min(self.L0 - fwd.start, fwd.n))  # prompt columns in this forward
+        step = evaluate_phases(self.binding, self.state, acts, valid, p, fwd.error)
+        if self.record and step.acts is not None:
+            self.recorded.append((fwd.start, step.acts, valid))
+        return step
+
+    def _gather(self, fwd: _Forward) -> torch.Tensor:
+        dtype = self.binding.groups[0].saes[0].encoder.dtype
+        first = next(v for v in fwd.parts.values() if v)
+        B, n = first[0].shape[:2]
+        acts = torch.zeros(B, n, self.policy.K, dtype=dtype, device=self.device)  # (B, n, K)
+        for g in self.binding.groups:
+            for bound, vals in zip(g.saes, fwd.parts[g.index] or [], strict=True):
+                acts[..., bound.cols] = vals.to(self.device, dtype)
+        return acts
+
+    def _edit(
+        self, group: HookGroup, x: torch.Tensor, fwd: _Forward, step: Step
+    ) -> torch.Tensor | None:
+        """x with the step's ablate/clamp deltas on the new columns (and, without a KV cache,
+        the earlier columns' recorded edits replayed)."""
+        if not group.edits or step.acts is None or step.new_acts is None:
+            return None
+        dev = x.device
+        bad = step.degraded.to(dev).unsqueeze(-1)  # (B, n, 1): NaN/inf values never edit
+        new = step.new_acts.to(dev).masked_fill(bad, 0)  # (B, n, K)
+        mask = step.intervene.to(dev) & ~bad
+        x_new = x[:, fwd.offset :]
+        for b in group.saes:
+            if b.editor is not None:
+                f = step.acts[..., b.cols].to(dev).masked_fill(bad, 0)
+                x_new = b.editor.apply(x_new, f, new[..., b.cols], mask[..., b.cols])
+        if fwd.offset == 0:
+            if self.replay:
+                self._record_edit(group, new, mask)
+            return x_new
+        old = self._replay(group, x[:, : fwd.offset], fwd.start - fwd.offset)
+        if self.replay:
+            self._record_edit(group, new, mask)
+        return torch.cat([old, x_new], dim=1)  # (B, L, d)
+
+    def _record_edit(self, group: HookGroup, new: torch.Tensor, mask: torch.Tensor) -> None:
+        if group.index in self.edits:
+            t, m = self.edits[group.index]
+            new, mask = torch.cat([t, new], 1), torch.cat([m, mask], 1)
+        self.edits[group.index] = (new, mask)
+
+    def _replay(self, group: HookGroup, old: torch.Tensor, start: int) -> torch.Tensor:
+        if group.index not in self.edits:
+            return old
+        target, mask = self.edits[group.index]  # (B, seen, K)
+        target, mask = target[:, start:], mask[:, start:]
+        for b in group.saes:
+            if b.editor is not None:
+                f = b.encoder(old)  # (B, n_old, K_s) recomputed pre-intervention values
+                old = b.editor.apply(old, f, target[..., b.cols], mask[..., b.cols])
+        return old
+
+    # ---- host side --------------------------------------------------------------------------
+    def _after(self, fwd: _Forward, step: Step) -> None:
+        """The step's one host read, then events, stops and statistics."""
+        valid = self.valid_all[:, fwd.start : fwd.start + fwd.n]  # (B, n)
+        p = max(0, min(self.L0 - fwd.start, fwd.n))  # prompt columns in this forward
+        halt_rows = step.halt.any(1)  # (B,)
+        if self.policy.on_error == "fail_closed":
+            halt_rows = halt_rows | step.degraded.any(1)
+        halt_rows = halt_rows & ~self.halted
+        flags = torch.cat(
+            [
+                valid[:, :p].long().sum(1),
+                valid[:, p:].long().sum(1),
+                torch.stack([step.match.any(), step.degraded.sum(), halt_rows.any()]).long(),
+            ]
+        ).tolist()  # the one device -> host read of the step
+        B = self.B
+        prompt_n, completion_n = flags[:B], flags[B : 2 * B]
+        any_match, n_degraded, any_halt = flags[2 * B :]
+        phase = "completion" if fwd.n > p else "prompt"
+        for b in range(B):
+            self.report.rows[b].prompt_tokens += prompt_n[b]
+            self.report.rows[b].completion_tokens += completion_n[b]
+        events = self._events(fwd, step) if any_match else []
+        degraded = self._degraded(step, phase) if n_degraded else []
+        halts = self._halt(fwd, step, halt_rows) if any_halt else []
+        exported = self._exported(step, valid) if self.policy.export_columns else {}
+        self.report.steps += 1
+        self.report.overhead_s += fwd.t_host
+        self._dispatch(
+            fwd,
+            StepStats(
+                self.policy.name,
+                phase,
+                sum(prompt_n) + sum(completion_n),
+                n_degraded,
+                fwd.t_host,
+                exported,
+                step.kind,
+                halts,
+                self.policy.sha256,
+            ),
+            events,
+            degraded,
+        )
+
+    def _dispatch(
+        self,
+        fwd: _Forward,
+        stats: StepStats,
+        events: list[MatchEvent],
+        degraded: list[DegradedEvent],
+    ) -> None:
+        """Hand the step to the dispatcher. A failing sink never breaks generation; under
+        ``fail_closed`` the rows whose events could not be delivered are stopped."""
+        try:
+            if events:
+                self.dispatcher.on_events(events)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log_safely("error", "monitor.dispatch_failed", error=error, events=len(events))
+            if self.policy.on_error == "fail_closed":
+                self._halt_on_sink_error(events, error)
+        try:
+            if degraded:
+                self.dispatcher.on_degraded(degraded)
+            self.dispatcher.on_step(stats)
+        except Exception as exc:
+            log_safely("error", "monitor.dispatch_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # ---- generation control -----------------------------------------------------------------
+    def token_appended(self, input_ids: torch.Tensor, done: torch.Tensor | None) -> torch.Tensor:
+        """Stopping criterion: validity of the column just sampled; returns the halted rows.
+
+        ``done`` (B,) are rows other criteria (the caller's) end after this token.
+        """
+        new_tok = input_ids[:, -1]  # (B,)
+        checked = self.alive & ~self.stop_now  # the new token is monitored
+        finished = torch.isin(new_tok, self.eos) if self.eos.numel() else torch.zeros_like(checked)
+        if done is not None:
+            finished = finished | done.to(self.device)
+        self.alive = checked & ~finished
+        self.valid_all = torch.cat([self.valid_all, checked[:, None]], dim=1)  # (B, L + 1)
+        self.stop_now = torch.zeros_like(self.stop_now)
+        self.stop_pending = False
+        return self.halted.clone()
+
+    def finish(self) -> MonitorReport:
+        """Mark the report complete and tell the dispatcher."""
+        self.report.finished = True
+        try:
+            self.dispatcher.on_finish(self.report)
+        except Exception as exc:
+            log_safely("error", "monitor.dispatch_failed", error=f"{type(exc).__name__}: {exc}")
+        return self.report
