@@ -1,4 +1,9 @@
-"""``featureguard eval detection``: per-category detection quality of a policy on a split."""
+"""``featureguard eval detection``: per-category detection quality of a policy on a split.
+
+Rules are judged by the runtime (``monitor.attach`` + the ``scan`` path): every token a
+deployed monitor scores, with the same prompt/completion split, ``scope`` and first-token
+handling. ``--span`` selects the tokens the raw-activation baseline pools (only the baseline).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=Path("data/detection"))
     parser.add_argument("--split", choices=["train", "dev", "test"], default="test")
-    parser.add_argument("--span", choices=SPANS, default="user")
+    parser.add_argument(
+        "--span",
+        choices=SPANS,
+        default="user",
+        help="tokens the baseline pools (rules always score what the runtime scores)",
+    )
     parser.add_argument("--model", default=None, help="default: the SAE's model_name")
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the raw-activation logistic baseline"
@@ -61,9 +71,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(dump_json(rep))
         return 0
+    base = (
+        f"; baseline: {rep['baseline_tokens']} tokens of span {rep['span']}, position 0 excluded"
+        if rep["baseline_tokens"] is not None
+        else ""
+    )
     print(
         f"policy {rep['policy']} on {args.data} split {rep['split']}: {rep['items']} items, "
-        f"{rep['scored_tokens']} scored tokens (span {rep['span']}, position 0 excluded)"
+        f"rules: {rep['scored_tokens']} tokens scored by the runtime{base}"
     )
     for cat, block in rep["categories"].items():
         print(

@@ -119,6 +119,11 @@ class MonitorDispatcher:
     def on_degraded(self, events: Sequence[DegradedEvent]) -> None:
         """Counted through ``on_step``; the runtime logs each one."""
 
+    def on_health(self, sae: str, l0: float, explained_variance: float, n_tokens: int) -> None:
+        """Set ``featureguard_sae_l0`` and ``featureguard_sae_explained_variance``."""
+        if self.metrics is not None:
+            self.metrics.set_sae_health(sae, l0, explained_variance)
+
     def on_finish(self, report: Any) -> None:
         if self.metrics is not None:
             self.metrics.record_request(sum(r.completion_tokens for r in report.rows))

@@ -3,8 +3,9 @@
 The runtime never imports Prometheus, the audit log or the alert channels. It hands everything
 to ONE injected :class:`Dispatcher` (see :mod:`monitor.runtime.dispatch` for the one that feeds
 Metrics + AuditLog + AlertDispatcher). Every call happens on the generating thread, once per
-model forward at most, after the single host read of that step; a dispatcher must return fast
-(queue slow work, as ``AlertDispatcher.submit`` does).
+model forward at most (``on_health``: once per SAE of a sampled forward), after the single host
+read of that step; a dispatcher must return fast (queue slow work, as
+``AlertDispatcher.submit`` does).
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ class Dispatcher(Protocol):
     def on_finish(self, report: Any) -> None:
         """A monitored call ended (its :class:`~monitor.runtime.report.MonitorReport`)."""
 
+    def on_health(self, sae: str, l0: float, explained_variance: float, n_tokens: int) -> None:
+        """A sampled dense encode of the policy's SAE ``sae`` (its name in the policy) on
+        ``n_tokens`` hooked activations: mean active features and explained variance (NaN when
+        undefined); see :mod:`monitor.runtime.health`. Optional: the runtime skips a
+        dispatcher without this method."""
+
 
 class NullDispatcher:
     """Drops everything (the default when ``attach`` gets no dispatcher)."""
@@ -124,6 +131,9 @@ class NullDispatcher:
     def on_finish(self, report: Any) -> None:
         pass
 
+    def on_health(self, sae: str, l0: float, explained_variance: float, n_tokens: int) -> None:
+        pass
+
 
 class CollectingDispatcher(NullDispatcher):
     """Keeps everything in lists (tests, ``featureguard generate --policy``)."""
@@ -134,6 +144,7 @@ class CollectingDispatcher(NullDispatcher):
         self.events: list[MatchEvent] = []
         self.degraded: list[DegradedEvent] = []
         self.reports: list[Any] = []
+        self.health: list[tuple[str, float, float, int]] = []  # (sae, l0, ev, n_tokens)
 
     def on_policy(self, policy: Any) -> None:
         self.policies.append(policy)
@@ -149,3 +160,6 @@ class CollectingDispatcher(NullDispatcher):
 
     def on_finish(self, report: Any) -> None:
         self.reports.append(report)
+
+    def on_health(self, sae: str, l0: float, explained_variance: float, n_tokens: int) -> None:
+        self.health.append((sae, l0, explained_variance, n_tokens))

@@ -37,6 +37,7 @@ from monitor.runtime.generation import (
     pad_id,
     rewrite_halted,
 )
+from monitor.runtime.health import HealthSampler
 from monitor.runtime.hooks import HookSet
 from monitor.runtime.report import MonitorReport
 from monitor.runtime.session import Session
@@ -80,9 +81,13 @@ class GuardedModel:
         dispatcher: Dispatcher | None = None,
         tokenizer: Any = None,
         ignore_first_token: bool = True,
+        health_every: int = 256,
         policy_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
+        if health_every < 0:
+            raise ValueError("health_every must be >= 0 (0 disables SAE health sampling)")
         self.model = model
+        self.health = HealthSampler(health_every)
         self.tokenizer = tokenizer
         self.dispatcher: Dispatcher = dispatcher or NullDispatcher()
         self.ignore_first_token = ignore_first_token
@@ -155,6 +160,7 @@ class GuardedModel:
             eos_ids=eos_ids(gc),
             ignore_first_token=self.ignore_first_token,
             replay_edits=not use_cache,
+            health=self.health,
         )
         self.last_report = session.report
         wants_dict = bool(gc.return_dict_in_generate)
@@ -230,6 +236,7 @@ def attach(
     dispatcher: Dispatcher | None = None,
     tokenizer: Any = None,
     ignore_first_token: bool = True,
+    health_every: int = 256,
     **policy_kwargs: Any,
 ) -> GuardedModel:
     """Monitor ``model`` with ``policy``; returns a :class:`GuardedModel` (also a context manager).
@@ -241,7 +248,10 @@ def attach(
     (:mod:`monitor.runtime.dispatch` builds one from Metrics, AuditLog and AlertDispatcher).
     ``tokenizer``: needed for audit text excerpts and to put a replace message into the ids.
     ``ignore_first_token``: each row's first token (a massive-activation outlier on common
-    models) is scored with all features at 0. Extra keywords go to ``load_policy``
+    models) is scored with all features at 0. ``health_every``: every that many monitored
+    tokens (and on the first forward) a sampled dense encode of each SAE reports L0 and
+    explained variance to ``dispatcher.on_health`` (:mod:`monitor.runtime.health`); 0 disables
+    it. Extra keywords go to ``load_policy``
     (``d_sae=``, ``resolver=`` ...). SAEs run in the model's dtype on each hook's device.
     """
     return GuardedModel(
@@ -251,5 +261,6 @@ def attach(
         dispatcher=dispatcher,
         tokenizer=tokenizer,
         ignore_first_token=ignore_first_token,
+        health_every=health_every,
         policy_kwargs=policy_kwargs,
     )

@@ -25,6 +25,7 @@ import torch
 
 from monitor.runtime.binding import HookGroup, PolicyBinding
 from monitor.runtime.events import DegradedEvent, Dispatcher, MatchEvent, StepStats, log_safely
+from monitor.runtime.health import HealthSampler, sae_health
 from monitor.runtime.host import HostSide
 from monitor.runtime.report import MonitorReport, RowReport
 from monitor.runtime.stepping import Step, evaluate_phases
@@ -42,6 +43,9 @@ class _Forward:
     parts: dict[int, list[torch.Tensor] | None] = field(default_factory=dict)
     error: str | None = None
     t_host: float = 0.0
+    health: bool = False  # sample SAE health in this forward (host decision, no read)
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # group -> (B, n, d) input
+    eligible: torch.Tensor | None = None  # (B, n) valid and not a row's first token
 
 
 class Session(HostSide):
@@ -60,6 +64,7 @@ class Session(HostSide):
         ignore_first_token: bool = True,
         record: bool = False,
         replay_edits: bool = False,
+        health: HealthSampler | None = None,
     ) -> None:
         B, L0 = mask.shape  # (B, L0) 2-D attention mask of the prompt
         self.binding, self.policy, self.dispatcher = binding, binding.policy, dispatcher
@@ -81,7 +86,9 @@ class Session(HostSide):
         self.final = False
         self.ignore_first = ignore_first_token
         self.record = record
-        self.recorded: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (start, acts, valid)
+        # (start, acts (B, n, K), valid (B, n), probe scores (B, n, P)) of each forward
+        self.recorded: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.health = health if health is not None and health.enabled else None
         self.replay = replay_edits and binding.intervenes
         self.edits: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (target, mask)
         self.fwd: _Forward | None = None
@@ -115,6 +122,8 @@ class Session(HostSide):
             raise RuntimeError(f"monitor missed columns {self.seen}..{start - 1}")
         n = total - self.seen
         self.fwd = _Forward(offset=self.seen - start, start=self.seen, n=n) if n > 0 else None
+        if self.fwd is not None and self.health is not None:
+            self.fwd.health = self.health.due()
         if self.fwd is not None and self.keep_ids and isinstance(ids, torch.Tensor):
             new = ids[:, self.fwd.offset :]  # (B, n)
             self.ids = new if self.ids is None else torch.cat([self.ids, new], dim=1)
@@ -126,6 +135,8 @@ class Session(HostSide):
             return None
         t0 = time.perf_counter()
         x_new = x[:, fwd.offset :]  # (B, n, d)
+        if fwd.health:
+            fwd.hidden[group.index] = x_new  # a reference (edits make new tensors)
         try:
             fwd.parts[group.index] = [b.encoder(x_new) for b in group.saes]  # each (B, n, K_s)
         except Exception as exc:  # fail mode decides; never passes as clean
@@ -152,10 +163,12 @@ class Session(HostSide):
             if self.ignore_first:  # position 0 is a massive-activation outlier: no features
                 first = valid & (self.state.pos[:, None] + valid.long().cumsum(1) == 1)
                 acts = acts.masked_fill(first.unsqueeze(-1), 0)
+        if fwd.health:  # token index > 0 (state.pos is advanced by the evaluator below)
+            fwd.eligible = valid & (self.state.pos[:, None] + valid.long().cumsum(1) > 1)
         p = max(0, min(self.L0 - fwd.start, fwd.n))  # prompt columns in this forward
         step = evaluate_phases(self.binding, self.state, acts, valid, p, fwd.error)
         if self.record and step.acts is not None:
-            self.recorded.append((fwd.start, step.acts, valid))
+            self.recorded.append((fwd.start, step.acts, valid, step.probe_scores))
         return step
 
     def _gather(self, fwd: _Forward) -> torch.Tensor:
@@ -233,6 +246,10 @@ class Session(HostSide):
         for b in range(B):
             self.report.rows[b].prompt_tokens += prompt_n[b]
             self.report.rows[b].completion_tokens += completion_n[b]
+        if self.health is not None:
+            self.health.tick(sum(prompt_n) + sum(completion_n))
+            if fwd.health:
+                self._sample_health(fwd)
         events = self._events(fwd, step) if any_match else []
         degraded = self._degraded(step, phase) if n_degraded else []
         halts = self._halt(fwd, step, halt_rows) if any_halt else []
@@ -279,6 +296,33 @@ class Session(HostSide):
             self.dispatcher.on_step(stats)
         except Exception as exc:
             log_safely("error", "monitor.dispatch_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _sample_health(self, fwd: _Forward) -> None:
+        """SAE health on this forward's eligible tokens (see :mod:`monitor.runtime.health`);
+        never raises into generation."""
+        assert self.health is not None
+        if fwd.eligible is None:
+            return
+        reported = False
+        for g in self.binding.groups:
+            x = fwd.hidden.get(g.index)
+            if x is None:
+                continue
+            try:
+                sample = self.health.collect(g.point.name, x[fwd.eligible.to(x.device)])
+                if sample is None:
+                    continue
+                for b in g.saes:
+                    l0, ev = sae_health(b.sae, sample)
+                    reported = True
+                    on_health = getattr(self.dispatcher, "on_health", None)
+                    if on_health is not None:
+                        on_health(b.spec.name, l0, ev, int(sample.shape[0]))
+            except Exception as exc:
+                reported = True  # do not retry on every step
+                log_safely("error", "monitor.health_failed", error=f"{type(exc).__name__}: {exc}")
+        if reported:
+            self.health.done()
 
     # ---- generation control -----------------------------------------------------------------
     def token_appended(self, input_ids: torch.Tensor, done: torch.Tensor | None) -> torch.Tensor:

@@ -23,11 +23,14 @@ from monitor.runtime.session import Session, StopForward
 
 @dataclass
 class ScannedRow:
-    """One scored text: its report row and the (pre-intervention) feature values it saw."""
+    """One scored text: its report row, the (pre-intervention) feature values it saw and the
+    policy's probe scores (``logit`` space, as conditions compare them) on the same tokens."""
 
     report: RowReport
     prompt_acts: torch.Tensor  # (Tp, K) float32, valid prompt tokens
     completion_acts: torch.Tensor  # (Tc, K) float32, valid completion tokens
+    prompt_probes: torch.Tensor | None = None  # (Tp, P) float32
+    completion_probes: torch.Tensor | None = None  # (Tc, P) float32
 
     def features_max(self, names: Sequence[str]) -> dict[str, float]:
         """Max activation of each feature over every scored token (0.0 when none)."""
@@ -73,6 +76,7 @@ def scan_batch(
         tokenizer=guarded.tokenizer,
         ignore_first_token=guarded.ignore_first_token,
         record=True,
+        health=guarded.health,
     )
     kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": False}
     if "position_ids" in _params(model):
@@ -85,16 +89,20 @@ def scan_batch(
             pass
         finally:
             session.finish()
-    K = binding.policy.K
+    K, n_probes = binding.policy.K, binding.policy.P
     acts = torch.zeros(B, P + C, K)
-    for start, a, _valid in session.recorded:
+    probes = torch.zeros(B, P + C, n_probes)
+    for start, a, _valid, ps in session.recorded:
         acts[:, start : start + a.shape[1]] = a.float().cpu()
+        probes[:, start : start + ps.shape[1]] = ps.float().cpu()
     valid = mask.bool().cpu()
     return [
         ScannedRow(
             session.report.rows[b],
             acts[b, :P][valid[b, :P]],
             acts[b, P:][valid[b, P:]],
+            probes[b, :P][valid[b, :P]],
+            probes[b, P:][valid[b, P:]],
         )
         for b in range(B)
     ]

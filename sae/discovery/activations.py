@@ -2,12 +2,22 @@
 
 :func:`encode_items` tokenizes each item as the runtime does (chat template for ``messages``,
 plain tokens for ``text``), runs the model up to the SAE's hook (:func:`sae.hooks.capture`) and
-encodes the scored tokens. Every tool here (``features find/show``, ``train-probe``, ``eval
-detection``) calls it, so when ``monitor/runtime`` exposes its encode path this is the single
-function to swap.
+encodes the scored tokens. ``features find/show`` and ``train-probe`` call it (they need the
+full dictionary or hidden states, which the runtime does not compute), and so does the raw-
+activation baseline of ``eval detection``; the rules of ``eval detection`` are judged by the
+runtime itself (:func:`sae.discovery.detection.scan_items`).
 
 Scored span (``span``), always without position 0 (a massive-activation outlier on the bundled
-model, see REFERENCE.md):
+model, see REFERENCE.md). This matches the runtime, which scores each row's first token with
+every feature at 0 (``attach(ignore_first_token=True)``, the default), as follows: for
+non-negative features (every supported architecture) a max over the span is the same with or
+without that 0, so ``max`` pooling and the catalog scales agree with the values rules see.
+``mean`` pooling (feature ranking in ``features find``, ``pool: mean`` probes of
+``train-probe``) divides by the tokens scored here. The runtime's running mean also counts the
+first token (features 0), so on a span that starts there (``all``, or ``text`` items) a mean
+here is ``(S + 1) / S`` times the runtime's; and it counts every token before the span too
+(system prompt, template, earlier turns), a larger difference for ``user``/``completion``. Train
+``pool: mean`` probes with span ``all`` to average (almost exactly) what the runtime averages.
 
 - ``all``: every token of the sequence (system prompt and template tokens included).
 - ``user``: the content tokens of the last user turn (``messages``), or the whole ``text``.

@@ -1,17 +1,27 @@
 """``eval detection``: how well a policy's rules (and a raw-activation baseline) detect each
 harm category of the labelled detection set, with Wilson 95% intervals.
 
-Rules are run by the policy evaluator itself (windows, ``for``, exceptions, scope) over the
-per-token feature values of the shared encode path; a rule *detects* an item when it matches on
-any scored token. For AUC and recall-at-FPR each rule also gets a continuous score: the maximum
-over tokens of its condition's *margin* (literal ``value − threshold``, probe ``logit −
-threshold``; ``any`` → max, ``all`` → min, ``not`` → negation, ``count ≥ N`` → N-th largest), so
-margin > 0 exactly where the condition holds (exceptions and windows are not in the margin).
+Rules are judged by the runtime itself (CONTRACTS "One code path for feature values"): each item
+goes through ``monitor.attach(model, policy)`` and
+:func:`monitor.runtime.textscan.scan_batch`, split as ``scan`` splits it (``text`` items are a
+completion with an empty prompt; for ``messages`` every turn before the last assistant turn,
+chat-templated, is the prompt and that turn is the completion). So every token the deployed
+monitor would score is scored (system prompt and template tokens included), each row's first
+token counts with all features at 0 (``ignore_first_token``), and ``scope``, windows, ``for``,
+cooldowns and exceptions act exactly as at runtime. A rule *detects* an item when the runtime
+reports a match for it (one entry of ``fired``).
+
+For AUC and recall-at-FPR each rule also gets a continuous score: the maximum, over the tokens
+in the rule's scope, of its condition's *margin* computed from the runtime's per-token feature
+values and probe scores (literal ``value − threshold``, probe ``logit − threshold``; ``any`` →
+max, ``all`` → min, ``not`` → negation, ``count ≥ N`` → N-th largest), so margin > 0 exactly
+where the condition holds (exceptions and windows are not in the margin).
 
 Baseline (the research caution in REFERENCE.md): per category, an L2 logistic regression on the
-hooked activations mean-pooled over the scored span, trained on the train split (category vs
-all benign, penalty by 5-fold CV) and thresholded at ``baseline_fpr`` on the dev split's benign
-items (on out-of-fold train scores when dev itself is evaluated).
+hooked activations mean-pooled over the scored ``span`` (:mod:`sae.discovery.activations`; the
+span applies to the baseline only), trained on the train split (category vs all benign, penalty
+by 5-fold CV) and thresholded at ``baseline_fpr`` on the dev split's benign items (on
+out-of-fold train scores when dev itself is evaluated).
 
 Recall at FPR 1%/5% reads the threshold off the evaluated split's own benign scores: it
 describes the score's ROC, it is not a deployable threshold.
@@ -23,17 +33,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from monitor.policy import schema as s
 from monitor.policy.compiled import CompiledPolicy
-from monitor.policy.evaluator import Evaluator
 from sae.discovery.activations import Scored, Stack, encode_items
 from sae.discovery.data import HARMFUL, Item, load_detection
 from sae.discovery.metrics import auc, recall_at_fpr, wilson
 from sae.discovery.probe import TokenBatch, fit_cv, row_scores
+
+if TYPE_CHECKING:
+    from monitor.runtime.textscan import ScannedRow
 
 
 @dataclass
@@ -88,26 +100,81 @@ def _kind(cond: Any) -> str:
     return "probe" if isinstance(cond, s.ProbeCond) else "compound"
 
 
-def rule_detectors(cp: CompiledPolicy, scored: Sequence[Scored]) -> list[Detector]:
-    """Every enabled rule (plus "any rule") as a detector over ``scored`` items, whose
-    ``values`` are the policy's K columns."""
-    ev = Evaluator(cp)
-    N, R = len(scored), cp.R
+def item_pair(tokenizer: Any, item: Item) -> tuple[list[int], list[int]]:
+    """``(prompt ids, completion ids)`` of an item, split as ``scan`` splits a JSONL line."""
+    from monitor.runtime.texts import messages_pair, text_pair
+
+    if item.text is not None:
+        return text_pair(tokenizer, "", item.text)
+    return messages_pair(tokenizer, [dict(m) for m in item.messages or ()])
+
+
+def scan_items(
+    cp: CompiledPolicy,
+    stack: Stack,
+    items: Sequence[Item],
+    *,
+    batch_size: int = 8,
+    max_tokens: int = 512,
+) -> list[ScannedRow]:
+    """Each item through the runtime (``monitor.attach`` + ``scan_batch``), in input order.
+
+    The stack's SAE stands in for the policy's first SAE (others load as the policy says).
+    Items longer than ``max_tokens`` keep their first ``max_tokens`` tokens (prompt first).
+    Health sampling is off; events go nowhere (the rows' reports carry the firings).
+    """
+    from monitor.runtime.guarded import GuardedModel
+    from monitor.runtime.textscan import scan_batch
+
+    pairs = []
+    for it in items:
+        p, c = item_pair(stack.tokenizer, it)
+        p = p[:max_tokens]
+        pairs.append((p, c[: max_tokens - len(p)]))
+    out: list[ScannedRow | None] = [None] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    saes = {cp.saes[0].name: stack.sae}
+    with GuardedModel(
+        stack.model, cp, saes=saes, tokenizer=stack.tokenizer, health_every=0
+    ) as guarded:
+        for b in range(0, len(order), batch_size):
+            rows = order[b : b + batch_size]
+            got = scan_batch(guarded, [pairs[i][0] for i in rows], [pairs[i][1] for i in rows])
+            for i, row in zip(rows, got, strict=True):
+                out[i] = row
+    return [r for r in out if r is not None]
+
+
+def rule_detectors(cp: CompiledPolicy, rows: Sequence[ScannedRow]) -> list[Detector]:
+    """Every rule (plus "any rule") as a detector over items scanned by the runtime
+    (:func:`scan_items`): fired = the runtime reported a match; score = max margin in scope."""
+    N, R = len(rows), cp.R
+    index = {rule.id: r for r, rule in enumerate(cp.rules)}
     fired = torch.zeros(N, R, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        for f in row.report.fired:
+            fired[i, index[f.rule]] = True
     score = torch.full((N, R), -math.inf)
     t = cp.tensors
     for phase in ("prompt", "completion"):
-        rows = [i for i, sc in enumerate(scored) if sc.phase == phase and sc.values.shape[0]]
-        if not rows:
+        acts = [r.prompt_acts if phase == "prompt" else r.completion_acts for r in rows]
+        probes = [r.prompt_probes if phase == "prompt" else r.completion_probes for r in rows]
+        keep = [i for i, a in enumerate(acts) if a.shape[0]]
+        if not keep:
             continue
-        batch = TokenBatch.from_rows([scored[i].values for i in rows])  # (B, T, K)
-        res = ev.step(batch.x, batch.mask, phase, ev.new_state(len(rows)))
-        fired[rows] = res.match.any(dim=1).cpu()  # (B, R)
+        batch = TokenBatch.from_rows([acts[i] for i in keep])  # (B, T, K)
+        ps = torch.zeros(len(keep), batch.x.shape[1], cp.P)  # (B, T, P)
+        for j, i in enumerate(keep):
+            p = probes[i]
+            if p is not None and p.shape[0]:
+                ps[j, : p.shape[0]] = p
         scope = t.in_prompt if phase == "prompt" else t.in_completion  # (R,)
         for r, rule in enumerate(cp.rules):
-            m = _margin(rule.spec.condition, cp, batch.x, res.probe_scores.cpu())  # (B, T)
+            if not bool(scope[r]):
+                continue
+            m = _margin(rule.spec.condition, cp, batch.x, ps)  # (B, T)
             m = m.masked_fill(~batch.mask, -math.inf).amax(dim=1)
-            score[rows, r] = m if bool(scope[r]) else torch.full_like(m, -math.inf)
+            score[keep, r] = torch.maximum(score[keep, r], m)
     dets = [
         Detector(rule.id, _kind(rule.spec.condition), fired[:, r], score[:, r])
         for r, rule in enumerate(cp.rules)
@@ -199,19 +266,25 @@ def evaluate_detection(
     baseline: bool = True,
     baseline_fpr: float = 0.05,
 ) -> dict[str, Any]:
-    """The whole evaluation (module doc) → a JSON-able report."""
-    if len(cp.saes) != 1:
-        raise ValueError("eval detection supports policies that read one SAE")
-    idx = list(cp.saes[0].indices) or [0]
+    """The whole evaluation (module doc) → a JSON-able report. ``span`` selects the tokens
+    the baseline pools; rules always see what the runtime sees."""
     items = load_detection(root, ["*"], [split])
-    scored = encode_items(stack, items, span=span, features=idx, with_hidden=baseline)
-    dets = rule_detectors(cp, scored) if cp.saes[0].indices else []
+    dets: list[Detector] = []
+    runtime_tokens = 0
+    if any(sae.indices for sae in cp.saes):
+        rows = scan_items(cp, stack, items)
+        dets = rule_detectors(cp, rows)
+        runtime_tokens = sum(r.report.tokens_seen for r in rows)
+    baseline_tokens = None
     if baseline:
+        idx = [0]  # the baseline reads hidden states only
 
         def enc(sp: str) -> list[Scored]:
-            items_sp = load_detection(root, ["*"], [sp])
+            items_sp = items if sp == split else load_detection(root, ["*"], [sp])
             return encode_items(stack, items_sp, span=span, features=idx, with_hidden=True)
 
+        scored = enc(split)
+        baseline_tokens = int(sum(sc.values.shape[0] for sc in scored))
         calib = enc("dev") if split != "dev" else None
         dets += baseline_detectors(enc("train"), calib, scored, target_fpr=baseline_fpr)
     return {
@@ -219,8 +292,9 @@ def evaluate_detection(
         "policy_sha256": cp.sha256,
         "sae_sha256": stack.sha256,
         "split": split,
-        "span": span,
+        "span": span,  # the baseline's scored span
         "items": len(items),
-        "scored_tokens": int(sum(sc.values.shape[0] for sc in scored)),
-        "categories": summarize(dets, [sc.item for sc in scored]),
+        "scored_tokens": runtime_tokens,  # tokens the runtime scored for the rules
+        "baseline_tokens": baseline_tokens,
+        "categories": summarize(dets, items),
     }

@@ -223,6 +223,7 @@ def train_sae(
     total = max(1, int(cfg.epochs * steps_per_epoch))
     since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)  # tokens since each latent fired
     step, history, seconds = 0, [], 0.0
+    stages: list[dict[str, Any]] = []  # one per schedule: a run extended with more epochs adds one
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
@@ -234,6 +235,11 @@ def train_sae(
             float(state["seconds"]),
         )
         history = state["history"]
+        stages = state.get("stages") or [{"start_step": 0, "total_steps": step}]
+    if not stages or stages[-1]["total_steps"] != total:
+        stages.append(
+            {"start_step": step, "total_steps": total, "epochs": cfg.epochs, "lr": cfg.lr}
+        )
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
     end = total if stop_after is None else min(total, step + stop_after)
     while step < end:
@@ -282,6 +288,7 @@ def train_sae(
                         "step": step,
                         "seconds": seconds,
                         "history": history,
+                        "stages": stages,
                     },
                     ckpt,
                 )
@@ -294,6 +301,7 @@ def train_sae(
         "train_seconds": round(seconds, 1),
         "train_tokens_per_second": round(step * cfg.batch_size / max(seconds, 1e-9), 1),
         "final": history[-1] if history else {},
+        "stages": stages,
         "dead_fraction_train": float((since_fired > cfg.dead_tokens).float().mean()),
     }
     return model, summary

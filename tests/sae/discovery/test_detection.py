@@ -1,6 +1,10 @@
-"""Rule margins agree with the evaluator's conditions; the summary counts what it should."""
+"""Rule margins agree with the evaluator's conditions; the summary counts what it should; rules
+are judged by the runtime, exactly as ``featureguard scan`` judges the same items."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import torch
 
@@ -53,3 +57,92 @@ def test_summary_separates_plain_benign_and_hard_negatives() -> None:
     assert row["recall"]["k"] == 1 and row["recall"]["n"] == 2
     assert row["fpr_benign"]["k"] == 0 and row["fpr_hard_negative"]["k"] == 1
     assert row["auc"] == 0.75
+
+
+def _policy(sae_dir: Path, features: dict[str, int], rules: str) -> str:
+    feats = "".join(f"  {n}: {{index: {i}}}\n" for n, i in features.items())
+    return (
+        f"version: 1\npolicy: {{name: d}}\nsaes:\n  main: {{path: {sae_dir}}}\n"
+        f"features:\n{feats}rules:\n{rules}"
+    )
+
+
+def test_rules_are_judged_by_the_runtime_exactly_as_scan(
+    tiny_stack_dir: Path, tmp_path: Path
+) -> None:
+    import argparse
+    import json
+
+    from monitor.cli import scan_cmd
+    from monitor.policy.loader import load_policy
+    from sae.discovery.activations import load_stack
+    from sae.discovery.data import load_detection
+    from sae.discovery.detection import rule_detectors, scan_items
+
+    sae_dir = tiny_stack_dir / "sae"
+    stack = load_stack(str(sae_dir))
+    items = load_detection(tiny_stack_dir / "det", ["*"], ["train"])
+    survey = load_policy_text(
+        _policy(
+            sae_dir,
+            {f"f{i}": i for i in range(64)},
+            "  - {id: x, severity: low, actions: [{type: log}], condition: {count: "
+            f"{{features: [{', '.join(f'f{i}' for i in range(64))}], above: 1.0e9, "
+            "at_least: 1}}}\n",
+        ),
+        d_sae={"main": 64},
+    )
+    assert survey.K == 64
+    rows = scan_items(survey, stack, items)
+    for r in rows:  # each row's first token is scored with every feature at 0, as deployed
+        first = r.prompt_acts if r.prompt_acts.shape[0] else r.completion_acts
+        assert torch.equal(first[0], torch.zeros(64))
+    maxima = torch.stack([torch.cat([r.prompt_acts, r.completion_acts]).amax(0) for r in rows])
+    j = int(maxima.std(0).argmax())
+    thr = float(maxima[:, j].median())
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        _policy(
+            sae_dir,
+            {"hit": j},
+            f"  - {{id: any, severity: high, condition: {{feature: hit, above: {thr}}}, "
+            "actions: [{type: log}]}\n"
+            f"  - {{id: late, severity: low, scope: completion, "
+            f"condition: {{feature: hit, above: {thr}}}, actions: [{{type: log}}]}}\n",
+        )
+    )
+    cp = load_policy(path)
+    dets = {d.name: d for d in rule_detectors(cp, scan_items(cp, stack, items))}
+    hit, late = dets["any"], dets["late"]
+    assert 0 < int(hit.fired.sum()) < len(items)
+    assert torch.equal(hit.fired, hit.score > 0)  # margin > 0 exactly where it matched
+    is_text = torch.tensor([it.text is not None for it in items])
+    assert torch.equal(late.fired, hit.fired & is_text)  # chats here are prompt-only
+    assert bool((late.score[~is_text] == -math.inf).all())
+
+    # `featureguard scan` on the same items reports the same firings.
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps(
+                {"id": it.id, "text": it.text}
+                if it.text is not None
+                else {"id": it.id, "messages": list(it.messages or ())}
+            )
+            + "\n"
+            for it in items
+        )
+    )
+    args = argparse.Namespace(
+        input=str(src),
+        policy=str(path),
+        model=str(tiny_stack_dir / "model"),
+        output=str(out),
+        batch_size=5,
+        max_tokens=512,
+    )
+    assert scan_cmd.run(args) == 0
+    scanned = {r["id"]: {f["rule"] for f in r["fired"]} for r in map(json.loads, out.open())}
+    for i, it in enumerate(items):
+        want = {n for n, d in dets.items() if d.kind != "any-rule" and bool(d.fired[i])}
+        assert scanned[it.id] == want, it.id

@@ -153,3 +153,12 @@ def test_geometric_median_resists_outliers() -> None:
     x = torch.zeros(101, 3)
     x[:5] = 1000.0
     assert geometric_median(x).norm() < 1.0 < x.mean(0).norm()
+
+
+def test_extending_a_finished_run_adds_a_stage(tmp_path: Path) -> None:
+    reader = ActivationReader(_planted_store(tmp_path / "store"), batch_size=256)
+    _, first = train_sae(reader, _cfg(epochs=1), tmp_path / "run", progress=False)
+    assert first["steps"] == 32 and len(first["stages"]) == 1
+    _, second = train_sae(reader, _cfg(epochs=2), tmp_path / "run", progress=False)
+    assert second["steps"] == 64
+    assert [s["start_step"] for s in second["stages"]] == [0, 32]
