@@ -142,3 +142,21 @@ class SubsetEncoder:
             f"SubsetEncoder({self.architecture}, K={self.k}, dtype={self.dtype}, "
             f"device={self.device})"
         )
+
+
+def outlier_cutoff(sae: SAE) -> float | None:
+    """The input norm above which a token is a massive-activation outlier, if the SAE records one.
+
+    Our trainer leaves such tokens (norm > ratio × median, e.g. the first tokens of some rows on
+    SmolLM2) out of training and records the cutoff in ``metadata["input_norm_cutoff"]``; an
+    SAE's features are meaningless there, so monitoring scores them as all-zero.
+    """
+    value = sae.cfg.metadata.get("input_norm_cutoff")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def zero_outliers(x: torch.Tensor, f: torch.Tensor, cutoff: float | None) -> torch.Tensor:
+    """``f (..., K)`` with every token whose input ``x (..., d)`` has norm > ``cutoff`` zeroed."""
+    if cutoff is None:
+        return f
+    return f.masked_fill((x.norm(dim=-1) > cutoff).unsqueeze(-1), 0)  # (..., K)

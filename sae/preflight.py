@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sae.base import SAE
+from sae.encode import outlier_cutoff
 from sae.errors import PreflightError
 from sae.hooks import HookPoint, resolve_hook
 
@@ -164,6 +165,9 @@ def measure(
         handle.remove()
     x = captured[0]  # (B, T, d)
     xs = x[scored].to(sae.dtype)  # (N, d)
+    cutoff = outlier_cutoff(sae)  # massive-activation outliers are not scored (as in training)
+    if cutoff is not None:
+        xs = xs[xs.norm(dim=-1) < cutoff]
     f = sae.encode(xs)  # (N, d_sae)
     recon = sae(xs)  # (N, d)
     total = (xs - xs.mean(0)).pow(2).sum()

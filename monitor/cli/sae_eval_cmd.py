@@ -43,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     corpora = args.corpus or default_corpora(args.work, args.corpus_src, seed=0)
     docs = itertools.chain.from_iterable(iter_corpus(p, args.split) for p in corpora)
     result = evaluate_sae(
-        lm.model, lm.tokenizer, sae, docs, max_tokens=args.tokens, progress=not args.json
+        lm.model,
+        lm.tokenizer,
+        sae,
+        docs,
+        max_tokens=args.tokens,
+        progress=not args.json,
+        norm_cutoff=sae.cfg.metadata.get("input_norm_cutoff"),
     )
     metrics = eval_metadata(result)
     print(json.dumps(metrics, indent=2))

@@ -45,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["float16", "bfloat16", "float32"],
         help="dtype of the saved weights (default float16)",
     )
+    p.add_argument(
+        "--outlier-norm-ratio",
+        type=float,
+        default=10.0,
+        help="leave out tokens whose norm exceeds this × the median norm",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        outlier_norm_ratio=args.outlier_norm_ratio,
     )
     job = Job(
         model=args.model,

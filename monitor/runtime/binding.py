@@ -24,7 +24,7 @@ from torch import nn
 from monitor.policy.compiled import CompiledPolicy, CompiledSAE
 from monitor.policy.evaluator import Evaluator
 from sae.base import SAE
-from sae.encode import SubsetEncoder
+from sae.encode import SubsetEncoder, outlier_cutoff, zero_outliers
 from sae.errors import HookError
 from sae.hooks import HookPoint, resolve_hook
 from sae.intervene import FeatureEditor
@@ -41,6 +41,11 @@ class BoundSAE:
     encoder: SubsetEncoder  # (B, T, d_in) -> (B, T, K_sae)
     editor: FeatureEditor | None  # same features; None when the policy never edits them
     cols: slice  # where its values go in acts (B, T, K)
+    norm_cutoff: float | None = None  # inputs above this norm are outliers: features 0
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, d_in) -> (B, T, K_sae)``: the subset encode, outlier tokens zeroed."""
+        return zero_outliers(x, self.encoder(x), self.norm_cutoff)
 
 
 @dataclass
@@ -115,6 +120,7 @@ class PolicyBinding:
                     else None
                 ),
                 cols=cols,
+                norm_cutoff=outlier_cutoff(sae),
             )
             groups.setdefault(hook, []).append(bound)
         ordered = sorted(groups, key=lambda h: _order_key(points[h]))

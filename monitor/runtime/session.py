@@ -138,7 +138,7 @@ class Session(HostSide):
         if fwd.health:
             fwd.hidden[group.index] = x_new  # a reference (edits make new tensors)
         try:
-            fwd.parts[group.index] = [b.encoder(x_new) for b in group.saes]  # each (B, n, K_s)
+            fwd.parts[group.index] = [b.encode(x_new) for b in group.saes]  # each (B, n, K_s)
         except Exception as exc:  # fail mode decides; never passes as clean
             fwd.parts[group.index] = None
             fwd.error = fwd.error or f"{type(exc).__name__}: {exc}"
@@ -219,7 +219,7 @@ class Session(HostSide):
         target, mask = target[:, start:], mask[:, start:]
         for b in group.saes:
             if b.editor is not None:
-                f = b.encoder(old)  # (B, n_old, K_s) recomputed pre-intervention values
+                f = b.encode(old)  # (B, n_old, K_s) recomputed pre-intervention values
                 old = b.editor.apply(old, f, target[..., b.cols], mask[..., b.cols])
         return old
 

@@ -39,7 +39,7 @@ import torch
 
 from sae.base import SAE
 from sae.discovery.data import DEFAULT_SAE, SPANS, Item
-from sae.encode import SubsetEncoder
+from sae.encode import SubsetEncoder, outlier_cutoff, zero_outliers
 from sae.errors import FeatureguardError
 from sae.hooks import capture, resolve_hook
 
@@ -149,6 +149,7 @@ def encode_items(
         if features is not None
         else stack.sae.encode
     )
+    cutoff = outlier_cutoff(stack.sae)  # massive-activation tokens score 0, as in the runtime
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     prepared = []
     for it in items:
@@ -174,7 +175,7 @@ def encode_items(
                 item=items[i],
                 positions=p,
                 tokens=[tok.decode([ids[q]]) for q in pos],
-                values=encode(x).float().cpu(),  # (S, F)
+                values=zero_outliers(x, encode(x), cutoff).float().cpu(),  # (S, F)
                 hidden=x.cpu() if with_hidden else None,
                 phase=phase,
                 length=len(ids),

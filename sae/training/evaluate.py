@@ -64,6 +64,7 @@ def export_sae(
 @dataclass
 class _Acc:
     n: int = 0
+    outliers: int = 0
     sse: float = 0.0
     sum_x: torch.Tensor | None = None
     sum_x2: float = 0.0
@@ -84,6 +85,7 @@ def evaluate_sae(
     max_tokens: int = 20_000,
     max_len: int = 128,
     batch_rows: int = 16,
+    norm_cutoff: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of ``sae`` at its hook over corpus documents (``text`` or ``messages``)."""
@@ -104,6 +106,10 @@ def evaluate_sae(
         scored = mask.bool()
         scored[:, 0] = False  # right-padded rows: position 0 is each row's first token
         x = capture(model, hp, ids, mask)[scored].to(sae.dtype)  # (N, d)
+        if norm_cutoff is not None:  # massive-activation outliers: counted, not scored
+            keep = x.norm(dim=-1) < norm_cutoff
+            acc.outliers += int((~keep).sum())
+            x = x[keep]
         f = sae.encode(x)  # (N, d_sae)
         x_hat = sae.decode(f)  # (N, d)
         n = x.shape[0]
@@ -139,6 +145,7 @@ def evaluate_sae(
     gap = ce["zero"] - ce["clean"]
     return {
         "n_tokens": acc.n,
+        "n_outliers": acc.outliers,
         "l0": acc.l0 / acc.n,
         "explained_variance": 1 - acc.sse / sst,
         "mse": acc.sse / (acc.n * d),
@@ -157,6 +164,7 @@ def eval_metadata(result: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics, under the key the preflight check reads (``metadata[EVAL_KEY]``)."""
     keys = (
         "n_tokens",
+        "n_outliers",
         "l0",
         "explained_variance",
         "mse",

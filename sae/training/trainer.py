@@ -54,6 +54,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     threshold_momentum: float = 0.99  # batchtopk: EMA of the smallest kept activation
+    # Tokens whose norm exceeds this multiple of the median norm are massive-activation
+    # outliers (e.g. the first tokens of some rows): they are left out of training.
+    outlier_norm_ratio: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -214,8 +217,10 @@ def train_sae(
     out_dir.mkdir(parents=True, exist_ok=True)
     d_in = reader.manifest.d_in
     sample = reader.sample(16384)  # (n, d_in)
+    norms = sample.norm(dim=1)  # (n,)
+    cutoff = float(norms.median()) * cfg.outlier_norm_ratio  # raw units
     scale = float(sample.norm(dim=1).mean() / math.sqrt(d_in))  # raw = scale × normalised
-    model = TrainableSAE(d_in, cfg.d_sae, cfg.recipe, cfg.k)
+    model = TrainableSAE(d_in, cfg.d_sae, cfg.recipe, cfg.k)  # k may change between stages
     with torch.no_grad():
         model.b_dec.copy_(geometric_median(sample[:4096] / scale))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -238,7 +243,14 @@ def train_sae(
         stages = state.get("stages") or [{"start_step": 0, "total_steps": step}]
     if not stages or stages[-1]["total_steps"] != total:
         stages.append(
-            {"start_step": step, "total_steps": total, "epochs": cfg.epochs, "lr": cfg.lr}
+            {
+                "start_step": step,
+                "total_steps": total,
+                "epochs": cfg.epochs,
+                "lr": cfg.lr,
+                "k": cfg.k,
+                "outlier_norm_ratio": cfg.outlier_norm_ratio,
+            }
         )
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
     end = total if stop_after is None else min(total, step + stop_after)
@@ -252,7 +264,7 @@ def train_sae(
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
-            x = batch / scale  # (N, d_in)
+            x = batch[batch.norm(dim=1) < cutoff] / scale  # (N, d_in), outliers dropped
             dead = since_fired > cfg.dead_tokens
             loss, fired, logs = _loss(model, x, dead, cfg)
             min_kept = logs.pop("min_kept")
@@ -296,6 +308,7 @@ def train_sae(
     summary = {
         "config": asdict(cfg),
         "input_scale": scale,
+        "input_norm_cutoff": cutoff,
         "steps": step,
         "tokens_seen": step * cfg.batch_size,
         "train_seconds": round(seconds, 1),
