@@ -78,10 +78,14 @@ def run(args: argparse.Namespace) -> int:
     audit_path = args.out / "audit.jsonl"
     audit_path.write_text("")
     receiver = AlertReceiver().start()
+    # The demo points the policy's alert channels at its own local receiver (the dispatcher
+    # takes its channels from the policy), so alerts are delivered and shown, not refused.
     channels = {
         name: spec.model_copy(update={"url": receiver.url})
         for name, spec in policy.channels.items()
     }
+    policy.spec.channels.clear()
+    policy.spec.channels.update(channels)
     alerts = AlertDispatcher(channels, metrics)
     dispatcher = MonitorDispatcher(metrics, AuditLog(str(audit_path), metrics=metrics), alerts)
     exporter = start_exporter(registry, port=0)
