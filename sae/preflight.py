@@ -88,6 +88,12 @@ class PreflightReport:
 
 def _compare(rep: PreflightReport, tol: dict[str, float]) -> list[str]:
     d, out = rep.declared, []
+    if not (math.isfinite(rep.l0) and math.isfinite(rep.explained_variance)):
+        # NaN compares false with every bound: never let it pass as "fits"
+        out.append(
+            f"non-finite metrics (L0 {rep.l0}, explained variance "
+            f"{rep.explained_variance}): the SAE or the activations overflow"
+        )
     if "l0" in d:
         lo, hi = d["l0"] / tol["l0_ratio"] - 1, d["l0"] * tol["l0_ratio"] + 1
         if not lo <= rep.l0 <= hi:
@@ -169,7 +175,8 @@ def measure(
     if cutoff is not None:
         xs = xs[xs.norm(dim=-1) < cutoff]
     f = sae.encode(xs)  # (N, d_sae)
-    recon = sae(xs)  # (N, d)
+    recon = sae(xs).float()  # (N, d); sums in fp32: an fp16 SAE would overflow them
+    xs = xs.float()
     total = (xs - xs.mean(0)).pow(2).sum()
     ce_score = scored[:, :-1] & mask[:, 1:].bool()  # predictions at scored positions
     return {

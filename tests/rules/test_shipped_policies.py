@@ -9,6 +9,7 @@ import pytest
 from monitor.cli import main
 from monitor.policy.loader import load_policy
 from monitor.policy.testing import run_test_file
+from monitor.runtime.texts import lazy_text_encoder
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 
@@ -34,6 +35,6 @@ def test_default_policy_imports_the_catalog_pinned_to_the_bundled_sae() -> None:
 
 @pytest.mark.integration
 def test_default_policy_passes_its_test_file() -> None:
-    results = run_test_file(RULES / "default.test.yaml")
+    results = run_test_file(RULES / "default.test.yaml", encode_texts=lazy_text_encoder())
     assert results and all(r.ok for r in results), [r.lines for r in results]
     assert all(r.skipped is None for r in results)

@@ -143,3 +143,21 @@ def test_model_is_left_clean(trained: tuple[torch.nn.Module, SAE]) -> None:
     model, sae = trained
     check_attachment(model, tiny_tokenizer(), sae, TEXTS)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_non_finite_metrics_never_pass() -> None:
+    from sae.preflight import TOLERANCES, PreflightReport, _compare
+
+    rep = PreflightReport(
+        hook_name="h",
+        n_tokens=100,
+        l0=30.0,
+        explained_variance=float("nan"),
+        ce_clean=1.0,
+        ce_with_sae=1.1,
+        ce_zero_ablated=5.0,
+        ce_loss_recovered=0.97,
+        declared={"explained_variance": 0.85},
+    )
+    problems = _compare(rep, TOLERANCES)
+    assert problems and "non-finite" in problems[0]
