@@ -134,7 +134,7 @@ def sparse_codes(
     n, d_sae = pre.shape
     if model.recipe == "topk":
         vals, cols = pre.topk(model.k, dim=-1)  # (N, k)
-        rows = torch.arange(n).repeat_interleave(model.k)
+        rows = torch.arange(n, device=pre.device).repeat_interleave(model.k)
         return rows, cols.flatten(), vals.flatten()
     if model.recipe == "batchtopk":
         # Two stages: each token's 4k largest are the candidates, then the batch's k·N largest
@@ -153,7 +153,7 @@ def sparse_decode(
     w_dec: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int
 ) -> torch.Tensor:
     """``Σ_j vals_j · W_dec[cols_j]`` per row, no dense ``(N, d_sae)`` product -> (N, d_in)."""
-    offsets = torch.zeros(n, dtype=torch.long)
+    offsets = torch.zeros(n, dtype=torch.long, device=rows.device)
     counts = torch.bincount(rows, minlength=n)  # (N,)
     offsets[1:] = counts.cumsum(0)[:-1]
     return F.embedding_bag(cols, w_dec, offsets, mode="sum", per_sample_weights=vals)
@@ -183,14 +183,14 @@ def _loss(
     elif int(dead.sum()) > 0:
         k_aux = min(cfg.auxk_k, int(dead.sum()))
         aux_vals, aux_cols = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1)  # (N, k_aux)
-        aux_rows = torch.arange(n).repeat_interleave(k_aux)
+        aux_rows = torch.arange(n, device=x.device).repeat_interleave(k_aux)
         e_hat = sparse_decode(model.W_dec, aux_rows, aux_cols.flatten(), aux_vals.flatten(), n)
         aux = (err.detach() - e_hat).pow(2).sum() / err.detach().pow(2).sum().clamp_min(1e-8)
         loss = loss + cfg.auxk_alpha * aux
         logs["auxk"] = float(aux.detach())
     kept = vals > 0
     logs["l0"] = float(kept.sum()) / n
-    fired = torch.zeros(pre.shape[1], dtype=torch.bool)
+    fired = torch.zeros(pre.shape[1], dtype=torch.bool, device=pre.device)
     fired[cols[kept]] = True
     min_kept = float(vals.detach()[kept].min()) if bool(kept.any()) else 0.0
     return loss, fired, logs | {"min_kept": min_kept}
@@ -204,8 +204,11 @@ def train_sae(
     progress: bool = True,
     log: Any = None,
     stop_after: int | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[TrainableSAE, dict[str, Any]]:
-    """Train on ``reader`` and return the model (normalised units) and a summary dict.
+    """Train on ``reader`` and return the model (normalised units, on CPU) and a summary dict.
+
+    ``device`` defaults to CUDA when available, else CPU; checkpoints are device-independent.
 
     ``out_dir/checkpoint.pt`` is written every ``cfg.checkpoint_every`` steps (and when
     ``stop_after`` steps have run in this call) and read back on restart, so a killed or
@@ -220,18 +223,20 @@ def train_sae(
     norms = sample.norm(dim=1)  # (n,)
     cutoff = float(norms.median()) * cfg.outlier_norm_ratio  # raw units
     scale = float(sample.norm(dim=1).mean() / math.sqrt(d_in))  # raw = scale × normalised
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = TrainableSAE(d_in, cfg.d_sae, cfg.recipe, cfg.k)  # k may change between stages
     with torch.no_grad():
         model.b_dec.copy_(geometric_median(sample[:4096] / scale))
+    model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     steps_per_epoch = math.ceil(reader.rows / cfg.batch_size)
     total = max(1, int(cfg.epochs * steps_per_epoch))
-    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)  # tokens since each latent fired
+    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=dev)  # tokens since last fired
     step, history, seconds = 0, [], 0.0
     stages: list[dict[str, Any]] = []  # one per schedule: a run extended with more epochs adds one
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         since_fired, step, seconds = (
@@ -264,6 +269,7 @@ def train_sae(
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
+            batch = batch.to(dev, non_blocking=True)
             x = batch[batch.norm(dim=1) < cutoff] / scale  # (N, d_in), outliers dropped
             dead = since_fired > cfg.dead_tokens
             loss, fired, logs = _loss(model, x, dead, cfg)
@@ -317,4 +323,4 @@ def train_sae(
         "stages": stages,
         "dead_fraction_train": float((since_fired > cfg.dead_tokens).float().mean()),
     }
-    return model, summary
+    return model.cpu(), summary
