@@ -158,6 +158,14 @@ def run(args: argparse.Namespace) -> int:
         f"full dictionary ({d} feats)": policy_yaml(d, 1, d, full=True),
     }
     guards: dict[str, Any] = {"unmonitored": None}
+    if args.model == "smollm2-135m" and getattr(sae, "source_path", None) is not None:
+        from monitor.policy.loader import load_policy
+        from monitor.resources import resolve_policy_path
+
+        default = load_policy(resolve_policy_path("default"))  # the shipped policy, as deployed
+        guards[f"default policy ({len(default.rules)} rules/{default.K} feats)"] = monitor.attach(
+            lm.model, default, saes={"main": sae}
+        )
     try:
         for name, text in specs.items():
             if text is None:

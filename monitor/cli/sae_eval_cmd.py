@@ -32,13 +32,17 @@ def run(args: argparse.Namespace) -> int:
     import itertools
     import json
 
+    import torch
+
+    from sae.base import parse_dtype
     from sae.lm import load_model
     from sae.loading import load_sae, resolve_sae_path, save_sae
     from sae.training.corpus import iter_corpus
     from sae.training.evaluate import eval_metadata, evaluate_sae
     from sae.training.pipeline import default_corpora, save_feature_stats
 
-    sae = load_sae(args.sae)
+    # compute in fp32 whatever the stored dtype (fp16 matmuls are slow on CPU and overflow sums)
+    sae = load_sae(args.sae, dtype=torch.float32)
     lm = load_model(args.model or sae.cfg.model_name or "smollm2-135m")
     corpora = args.corpus or default_corpora(args.work, args.corpus_src, seed=0)
     docs = itertools.chain.from_iterable(iter_corpus(p, args.split) for p in corpora)
@@ -59,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             print("declared in the SAE's metadata:", json.dumps(declared))
     if args.write:
         path = resolve_sae_path(args.sae)
+        stored = json.loads((path / "cfg.json").read_text()).get("dtype", "float32")
         sae.cfg.metadata.update(metrics)
+        sae.to(parse_dtype(stored)).cfg.dtype = stored  # keep the stored dtype on disk
         save_sae(sae, path)
         save_feature_stats(path, result)
     return 0
