@@ -74,6 +74,7 @@ def test_wheel_install_finds_bundled_sae_and_policies(tmp_path: Path) -> None:
             "pip",
             "install",
             "--no-deps",
+            "--ignore-installed",  # never uninstall this environment's (editable) copy
             "-q",
             "--prefix",
             str(venv),
