@@ -27,11 +27,11 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Any
 
 import structlog
 
+from monitor.closing import Closing
 from monitor.metrics import Metrics
 from monitor.policy import schema
 from monitor.policy.compiled import CompiledPolicy, CompiledRule
@@ -146,7 +146,7 @@ def webhook_body(alert: Alert) -> dict[str, Any]:
     return {"text": rendered} if isinstance(rendered, str) else dict(rendered)
 
 
-class AlertDispatcher:
+class AlertDispatcher(Closing):
     """Delivers alerts from a bounded queue with ``workers`` daemon threads.
 
     ``channels``: name → :class:`~monitor.policy.schema.ChannelSpec` (``policy.channels``);
@@ -232,17 +232,6 @@ class AlertDispatcher:
                 self._queue.put_nowait(_STOP)
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> AlertDispatcher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- worker ---------------------------------------------------------------------------------
 

@@ -27,11 +27,11 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
-from types import TracebackType
 from typing import IO, Any
 
 import structlog
 
+from monitor.closing import Closing
 from monitor.metrics import Metrics
 from monitor.policy.compiled import CompiledPolicy, CompiledRule
 from sae.errors import FeatureguardError
@@ -85,7 +85,7 @@ def redact_text(text: str, patterns: Sequence[str]) -> str:
     return text
 
 
-class AuditLog:
+class AuditLog(Closing):
     """Writes audit events to ``sink``: ``"stdout"``, a file path (appended to), or an open text
     stream (not closed by :meth:`close`).
 
@@ -262,17 +262,6 @@ class AuditLog:
             self._closed = True
             if self._path is not None:
                 self._close_file()
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _rule(policy: CompiledPolicy, rule: CompiledRule | int | str) -> CompiledRule:

@@ -7,14 +7,15 @@ notes"); this wrapper defaults to loopback and returns a handle that can be clos
 from __future__ import annotations
 
 import threading
-from types import TracebackType
 
 from prometheus_client import CollectorRegistry, start_http_server
+
+from monitor.closing import Closing
 
 DEFAULT_PORT = 9464
 
 
-class Exporter:
+class Exporter(Closing):
     """A running ``/metrics`` HTTP server; close it with :meth:`close` or a ``with`` block."""
 
     def __init__(self, server: object, thread: threading.Thread, host: str) -> None:
@@ -38,17 +39,6 @@ class Exporter:
         server.shutdown()  # type: ignore[attr-defined]
         server.server_close()  # type: ignore[attr-defined]
         self._thread.join(timeout)
-
-    def __enter__(self) -> Exporter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def start_exporter(
