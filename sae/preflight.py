@@ -172,6 +172,7 @@ def measure(
     x = captured[0]  # (B, T, d)
     xs = x[scored].to(sae.dtype)  # (N, d)
     cutoff = outlier_cutoff(sae)  # massive-activation outliers are not scored (as in training)
+    n_scored = int(xs.shape[0])
     if cutoff is not None:
         xs = xs[xs.norm(dim=-1) < cutoff]
     f = sae.encode(xs)  # (N, d_sae)
@@ -184,6 +185,11 @@ def measure(
         "l0": float((f != 0).float().sum(-1).mean()),
         "explained_variance": float(1 - (xs - recon).pow(2).sum() / total),
         **{f"ce_{m}": _ce(logits[m], ids, ce_score) for m in ("clean", "sae", "zero")},
+        # what the metrics were computed from, for callers that aggregate over batches
+        "n_outliers": n_scored - int(xs.shape[0]),
+        "activations": xs,  # (N, d) fp32, scored and not outliers
+        "features": f,  # (N, d_sae)
+        "reconstruction": recon,  # (N, d) fp32
     }
 
 

@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
         docs,
         max_tokens=args.tokens,
         progress=not args.json,
-        norm_cutoff=sae.cfg.metadata.get("input_norm_cutoff"),
     )
     metrics = eval_metadata(result)
     print(json.dumps(metrics, indent=2))

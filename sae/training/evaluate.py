@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sae.base import SAE
-from sae.hooks import capture, resolve_hook
+from sae.hooks import resolve_hook
 from sae.preflight import EVAL_KEY, measure
 from sae.registry import create_sae
 from sae.training.store import tokenize_document
@@ -85,10 +85,13 @@ def evaluate_sae(
     max_tokens: int = 20_000,
     max_len: int = 128,
     batch_rows: int = 16,
-    norm_cutoff: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics of ``sae`` at its hook over corpus documents (``text`` or ``messages``)."""
+    """Metrics of ``sae`` at its hook over corpus documents (``text`` or ``messages``).
+
+    Tokens above the SAE's recorded outlier cutoff (``metadata["input_norm_cutoff"]``) are
+    counted in ``n_outliers`` and left out of the metrics, as in :func:`sae.preflight.measure`.
+    """
     from tqdm import tqdm
 
     hp = resolve_hook(model, sae.cfg.hook_name or "")
@@ -102,16 +105,9 @@ def evaluate_sae(
         mask = torch.zeros_like(ids)
         for i, r in enumerate(batch):
             ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        raw = measure(model, sae, hp, ids, mask)
-        scored = mask.bool()
-        scored[:, 0] = False  # right-padded rows: position 0 is each row's first token
-        x = capture(model, hp, ids, mask)[scored].to(sae.dtype)  # (N, d)
-        if norm_cutoff is not None:  # massive-activation outliers: counted, not scored
-            keep = x.norm(dim=-1) < norm_cutoff
-            acc.outliers += int((~keep).sum())
-            x = x[keep]
-        f = sae.encode(x)  # (N, d_sae)
-        x_hat = sae.decode(f)  # (N, d)
+        raw = measure(model, sae, hp, ids, mask)  # one pass set: CE splice and activations
+        acc.outliers += raw["n_outliers"]
+        x, f, x_hat = raw["activations"], raw["features"], raw["reconstruction"]  # (N, ·)
         n = x.shape[0]
         acc.sse += float((x - x_hat).pow(2).sum())
         acc.sum_x = x.sum(0) if acc.sum_x is None else acc.sum_x + x.sum(0)

@@ -137,7 +137,7 @@ def run_job(job: Job, lm: Any, *, src_dir: Path, log: Any = None) -> dict[str, A
     # Evaluate exactly what is shipped: weights rounded to the saved dtype, computed in fp32.
     sae = sae.to(parse_dtype(job.save_dtype)).float()
     heldout = itertools.chain.from_iterable(iter_corpus(p, "heldout") for p in corpora)
-    cutoff = train_summary["input_norm_cutoff"]
+    sae.cfg.metadata["input_norm_cutoff"] = train_summary["input_norm_cutoff"]  # eval reads it
     result = evaluate_sae(
         lm.model,
         lm.tokenizer,
@@ -145,10 +145,8 @@ def run_job(job: Job, lm: Any, *, src_dir: Path, log: Any = None) -> dict[str, A
         heldout,
         max_tokens=job.eval_tokens,
         progress=job.progress,
-        norm_cutoff=cutoff,
     )
     sae.cfg.metadata.update(eval_metadata(result))
-    sae.cfg.metadata["input_norm_cutoff"] = cutoff
     sae.cfg.metadata["feature_stats_file"] = FEATURE_STATS
     provenance["total_seconds"] = round(time.perf_counter() - t0, 1)
     if job.out is not None:
