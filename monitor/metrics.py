@@ -36,6 +36,17 @@ ALERT_RESULTS = ("sent", "failed", "dropped")
 DEGRADED_REASONS = ("nonfinite", "sae_error", "evaluator_error", "audit_error", "error")
 """``degraded_tokens_total`` reasons; any other text (an exception message) is counted as
 ``error`` so that no unbounded text becomes a label."""
+HTTP_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/admin/reload",
+    "/admin/policy",
+    "other",
+)
+"""``endpoint`` label values of the server metrics; any other path is counted as ``other``."""
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+"""Server request latency: 5 ms .. 2 min."""
 ON_ERROR_RULE = "on_error"
 """``rule`` label of a sequence stopped by the policy's ``on_error: fail_closed``, not a rule."""
 
@@ -225,6 +236,34 @@ class Metrics:
             ["sae"],
             registry=r,
         )
+        # -- server (``featureguard serve``): HTTP requests, latency, queue, filtered answers ----
+        self.http_requests = Counter(
+            p + "http_requests",
+            "HTTP requests served, by endpoint and status code",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            p + "http_request_seconds",
+            "HTTP request latency (streaming: until the last chunk)",
+            ["endpoint"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            p + "queue_depth", "Generation requests waiting for the model", registry=r
+        )
+        self.responses_filtered = Counter(
+            p + "responses_filtered",
+            "Choices ended with finish_reason content_filter",
+            ["endpoint"],
+            registry=r,
+        )
+        for endpoint in HTTP_ENDPOINTS:
+            self.http_request_seconds.labels(endpoint=endpoint)
+        for endpoint in HTTP_ENDPOINTS[:2]:
+            self.responses_filtered.labels(endpoint=endpoint)
+            self.http_requests.labels(endpoint=endpoint, code="200")
         for result in ("ok", "failed"):
             self.policy_reloads.labels(result=result)
         for reason in DEGRADED_REASONS:
@@ -308,6 +347,17 @@ class Metrics:
             self.audit_events.inc(written)
         if lost:
             self.audit_events_lost.inc(lost)
+
+    def record_http(self, endpoint: str, code: int, seconds: float) -> None:
+        """One served HTTP request (``endpoint`` outside :data:`HTTP_ENDPOINTS` → ``other``)."""
+        label = endpoint if endpoint in HTTP_ENDPOINTS else "other"
+        self.http_requests.labels(endpoint=label, code=str(code)).inc()
+        self.http_request_seconds.labels(endpoint=label).observe(seconds)
+
+    def record_filtered(self, endpoint: str, n: int = 1) -> None:
+        """``n`` choices that ended with ``finish_reason: content_filter``."""
+        label = endpoint if endpoint in HTTP_ENDPOINTS else "other"
+        self.responses_filtered.labels(endpoint=label).inc(n)
 
     def set_sae_health(self, sae: str, l0: float, explained_variance: float) -> None:
         """Update the SAE health gauges from a sampled dense encode (every N tokens)."""
