@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.exporter import start_exporter
-from monitor.metrics import Metrics
+from monitor.metrics import HTTP_ENDPOINTS, Metrics
 from monitor.policy.compiled import CompiledPolicy
 from monitor.policy.loader import load_policy_text
 from monitor.policy.reload import ReloadEvent
@@ -58,6 +58,8 @@ ALLOWED_LABELS = {
     "reason",
     "sae",
     "le",
+    "endpoint",  # bounded: monitor.metrics.HTTP_ENDPOINTS
+    "code",  # HTTP status code
 }
 
 
@@ -260,3 +262,26 @@ def test_exporter_serves_metrics_on_loopback(tmp_path) -> None:
         ["promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_http_recorders_bound_the_endpoint_label(registry: CollectorRegistry) -> None:
+    m = Metrics(registry)
+    m.record_http("/v1/completions", 200, 0.2)
+    m.record_http("/v1/completions", 400, 0.001)
+    m.record_http("/etc/passwd?x=1", 404, 0.001)  # arbitrary paths never become labels
+    m.record_filtered("/v1/chat/completions", 2)
+    assert (
+        val(registry, "featureguard_http_requests_total", endpoint="/v1/completions", code="200")
+        == 1
+    )
+    assert val(registry, "featureguard_http_requests_total", endpoint="other", code="404") == 1
+    assert (
+        val(registry, "featureguard_responses_filtered_total", endpoint="/v1/chat/completions") == 2
+    )
+    endpoints = {
+        s.labels["endpoint"]
+        for fam in registry.collect()
+        for s in fam.samples
+        if "endpoint" in s.labels
+    }
+    assert endpoints <= set(HTTP_ENDPOINTS)
