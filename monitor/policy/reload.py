@@ -127,56 +127,79 @@ class PolicyWatcher:
         cats = [Path(i.catalog) for i in self._snapshot.policy.spec.imports]
         return [self.path, *(c if c.is_absolute() else base / c for c in cats)]
 
-    def _compile(self, raw: bytes) -> CompiledPolicy | tuple[Diagnostic, ...]:
+    def _compile(
+        self, raw: bytes, source: str | None = None
+    ) -> CompiledPolicy | tuple[Diagnostic, ...]:
+        name = source or str(self.path)
         try:
-            policy, diags = check_policy_bytes(
-                raw, str(self.path), self.path.parent, **self.load_kwargs
-            )
+            policy, diags = check_policy_bytes(raw, name, self.path.parent, **self.load_kwargs)
         except Exception as exc:  # a loader bug must not kill the watcher or the service
-            return (Diagnostic("FG100", f"internal error while loading: {exc!r}", str(self.path)),)
+            return (Diagnostic("FG100", f"internal error while loading: {exc!r}", name),)
         return policy if policy is not None else tuple(diags)
 
     def reload_now(self) -> ReloadEvent:
         """Read, check and compile the file now; swap it in if valid (no debounce)."""
         with self._lock:
-            start = time.perf_counter()
             seen = _stat(self._watched())
             try:
                 raw = self.path.read_bytes()
             except OSError as exc:
-                result: CompiledPolicy | tuple[Diagnostic, ...] = (
-                    Diagnostic("FG100", f"cannot read the file: {exc.strerror}", str(self.path)),
+                event = self._apply(
+                    b"",
+                    (Diagnostic("FG100", f"cannot read the file: {exc.strerror}", str(self.path)),),
+                    str(self.path),
                 )
-                raw = b""
             else:
-                result = self._compile(raw)
-            sha = hashlib.sha256(raw).hexdigest()
-            old = self._snapshot
-            if isinstance(result, CompiledPolicy):
-                self._snapshot = PolicySnapshot(
-                    result, Evaluator(result), time.time(), old.generation + 1
-                )  # the one atomic swap
-                self.reloads_ok += 1
-                self._failed_sha, self._active_sha = None, sha
-                diags: tuple[Diagnostic, ...] = result.warnings
-            else:
-                self.reloads_failed += 1
-                self._failed_sha = sha
-                diags = result
+                event = self._apply(raw, None, str(self.path))
             self._seen = seen
-            now = self._snapshot
-            event = ReloadEvent(
-                isinstance(result, CompiledPolicy),
-                str(self.path),
-                sha,
-                now.sha256,
-                now.revision,
-                now.generation,
-                time.perf_counter() - start,
-                diags,
-            )
-            if not event.ok:
-                self.last_error = event
+        return self._notify(event)
+
+    def push(self, raw: bytes, source: str = "<pushed>") -> ReloadEvent:
+        """Check and compile ``raw`` policy bytes (e.g. from an admin endpoint) and swap them in
+        if valid; an invalid policy is refused and the active one stays.
+
+        Imports resolve relative to the watched file's folder, and diagnostics name ``source``.
+        The pushed policy stays active until the watched file changes (the file remains the
+        source of truth) or the process restarts.
+        """
+        with self._lock:
+            event = self._apply(raw, None, source)
+        return self._notify(event)
+
+    def _apply(self, raw: bytes, failed: tuple[Diagnostic, ...] | None, source: str) -> ReloadEvent:
+        """Compile ``raw`` (unless ``failed`` already says why it cannot be) and publish it if
+        valid. Called with the lock held."""
+        start = time.perf_counter()
+        result = failed if failed is not None else self._compile(raw, source)
+        sha = hashlib.sha256(raw).hexdigest()
+        old = self._snapshot
+        if isinstance(result, CompiledPolicy):
+            self._snapshot = PolicySnapshot(
+                result, Evaluator(result), time.time(), old.generation + 1
+            )  # the one atomic swap
+            self.reloads_ok += 1
+            self._failed_sha, self._active_sha = None, sha
+            diags: tuple[Diagnostic, ...] = result.warnings
+        else:
+            self.reloads_failed += 1
+            self._failed_sha = sha
+            diags = result
+        now = self._snapshot
+        event = ReloadEvent(
+            isinstance(result, CompiledPolicy),
+            source,
+            sha,
+            now.sha256,
+            now.revision,
+            now.generation,
+            time.perf_counter() - start,
+            diags,
+        )
+        if not event.ok:
+            self.last_error = event
+        return event
+
+    def _notify(self, event: ReloadEvent) -> ReloadEvent:
         for cb in self.callbacks:
             try:
                 cb(event)

@@ -147,3 +147,21 @@ def test_callback_errors_do_not_break_reload(tmp_path: Path) -> None:
     w = PolicyWatcher(path, d_sae={"main": 64}, on_reload=[boom])
     path.write_text(VALID["B"])
     assert w.reload_now().ok and w.callback_errors == 1 and w.snapshot.revision == "B"
+
+
+def test_push_swaps_a_valid_policy_and_refuses_an_invalid_one(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(VALID["A"])
+    events: list[ReloadEvent] = []
+    watcher = PolicyWatcher(path, d_sae={"main": 64}, on_reload=[events.append])
+    before = watcher.snapshot
+    bad = watcher.push(INVALID[1].encode(), source="admin:push")
+    assert not bad.ok and watcher.snapshot is before
+    assert bad.path == "admin:push" and "admin:push" in (bad.error or "")
+    assert "severity" in (bad.error or "")
+    good = watcher.push(VALID["B"].encode(), source="admin:push")
+    assert good.ok and watcher.policy.revision == "B" and watcher.snapshot.generation == 2
+    assert [e.ok for e in events] == [False, True]
+    # The file stays the source of truth: the next change to it replaces the pushed policy.
+    path.write_text(VALID["A"].replace("revision: A", "revision: A2"))
+    assert watcher.reload_now().ok and watcher.policy.revision == "A2"
