@@ -1,13 +1,23 @@
-"""Shared by the dashboard tests: the metric names a fresh exporter registry can produce."""
+"""Shared by the dashboard tests: the metric names a fresh exporter registry can produce, and a
+small policy over a synthetic SAE whose rules cover every label set the dashboards use."""
 
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
+from pathlib import Path
 
+import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from monitor.metrics import Metrics
+from sae.base import SAE
+from sae.loading import save_sae
+from sae.registry import create_sae
 
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = ROOT / "dashboards"
 SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_count", "_sum"),
@@ -25,3 +35,78 @@ def exported_metric_names() -> frozenset[str]:
     for family in registry.collect():
         names.update(family.name + s for s in SUFFIXES[family.type])
     return frozenset(names)
+
+
+def need(tool: str) -> str:
+    """The path of a Prometheus tool, or skip (CI installs them: .ci/run)."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed (Debian: prometheus / prometheus-alertmanager)")
+    return path
+
+
+def synthetic_sae(d_in: int, hook: str, seed: int = 0) -> SAE:
+    """A standard SAE of width 32 reading ``hook``: feature 0 is 1.0 on every token (zero
+    encoder column, bias 1), features 1 and 2 are ReLUs of random directions (active on about
+    half the tokens), the rest are off (bias -10)."""
+    sae = create_sae(d_in=d_in, d_sae=32, architecture="standard", hook_name=hook)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, 32, generator=gen) / d_in**0.5)
+        sae.W_dec.copy_(torch.randn(32, d_in, generator=gen) * 0.1)
+        sae.b_enc.fill_(-10.0)
+        sae.W_enc[:, 0] = 0.0
+        sae.b_enc[0] = 1.0
+        sae.b_enc[1:3] = 0.0
+    return sae.eval()
+
+
+def policy_text(sae_dir: Path, channel_url: str, channel_type: str = "webhook") -> str:
+    """A policy with a critical enforce stop rule (fires on every completion token of requests
+    whose user is not ``trusted-*``), a high enforce alert rule, a shadow rule, a replace rule
+    that never fires, two exported features, an alert channel and ``on_error: fail_closed``."""
+    return f"""\
+version: 1
+policy: {{name: dashboards-it, revision: r1}}
+saes:
+  main: {{path: {sae_dir}}}
+features:
+  always: {{index: 0, description: 1.0 on every token}}
+  f1: {{index: 1, export: true}}
+  f2: {{index: 2, export: true}}
+channels:
+  oncall: {{type: {channel_type}, url: "{channel_url}", timeout_s: 2.0, retries: 1}}
+on_error: fail_closed
+audit: {{include_text: false}}
+rules:
+  - id: critical-stop
+    severity: critical
+    scope: completion
+    condition: {{feature: always, above: 0.5}}
+    exceptions: [{{context: {{user: "trusted-*"}}}}]
+    actions: [{{type: log}}, {{type: alert, channel: oncall}}, {{type: stop}}]
+  - id: f1-alert
+    severity: high
+    condition: {{feature: f1, above: 0.0}}
+    cooldown: 64
+    actions: [{{type: log}}, {{type: alert, channel: oncall}}]
+  - id: f2-shadow
+    severity: medium
+    mode: shadow
+    condition: {{feature: f2, above: 0.0}}
+    actions: [{{type: log}}]
+  - id: never-replace
+    severity: low
+    condition: {{feature: f2, above: 1000.0}}
+    actions: [{{type: replace, message: "[withheld]"}}]
+"""
+
+
+def write_policy(
+    folder: Path, d_in: int, hook: str, channel_url: str, channel_type: str = "webhook"
+) -> Path:
+    """Save :func:`synthetic_sae` and :func:`policy_text` under ``folder``; returns the policy."""
+    save_sae(synthetic_sae(d_in, hook), folder / "sae")
+    path = folder / "policy.yaml"
+    path.write_text(policy_text(folder / "sae", channel_url, channel_type), encoding="utf-8")
+    return path
