@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor.serve.build import Service
+from monitor.serve.build import ServeOptions, Service
 from monitor.serve.server import ServerThread
 from tests.monitor.serve.helpers import BAD_CHAT, BAD_PROMPT, BENIGN, ServeWorld, chat_ids
 from tests.monitor.serve.http import call, sse_events
@@ -271,3 +271,46 @@ def test_sse_wire_format(server: tuple[Service, str]) -> None:
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     events = sse_events(text)
     assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_policy_file_change_is_picked_up_while_serving(world: ServeWorld, tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    policy = tmp_path / "policy.yaml"
+    shutil.copy(world.policy_path, policy)
+    svc = Service(
+        world.model,
+        world.tok,
+        policy,
+        ServeOptions(
+            model_name="tiny",
+            preflight="off",
+            audit_log=str(tmp_path / "a.jsonl"),
+            reload_interval_s=0.1,
+        ),
+    )
+    with svc, ServerThread(svc.app) as srv:
+        policy.write_text(policy.read_text().replace("revision: r1", "revision: r9"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if call(srv.url + "/readyz")[2]["checks"]["policy"]["revision"] == "r9":
+                break
+            time.sleep(0.1)
+        checks = call(srv.url + "/readyz")[2]["checks"]
+        assert checks["policy"]["revision"] == "r9" and checks["policy"]["generation"] == 2
+        text = call(srv.url + "/metrics")[2]
+        assert 'featureguard_policy_info{policy="t",sha256="' in text and 'version="r9"' in text
+        assert 'version="r1"' not in text  # the old policy's info series is gone
+
+
+def test_replicas_of_one_policy_export_the_same_policy_hash(
+    world: ServeWorld, tmp_path: Path
+) -> None:
+    infos = []
+    for i in range(2):
+        audit = str(tmp_path / f"r{i}.jsonl")
+        with world.service(audit_log=audit) as svc, ServerThread(svc.app) as srv:
+            text = call(srv.url + "/metrics")[2]
+        infos.append([ln for ln in text.splitlines() if ln.startswith("featureguard_policy_info{")])
+    assert len(infos[0]) == 1 and infos[0] == infos[1]
