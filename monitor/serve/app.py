@@ -229,12 +229,10 @@ def _readiness(state: ServeState) -> dict[str, Any]:
             "generation": snap.generation,
             "last_reload_error": last.error if last is not None else None,
         }
-    else:
-        p = state.engine.guarded.policy
-        policy = {"name": p.name, "revision": p.revision, "sha256": p.sha256}
+    hooks = getattr(state.engine.guarded, "hooks", None)
     return {
         "model": True,
-        "saes": bool(state.engine.guarded.hooks.installed),
+        "saes": bool(hooks is not None and hooks.installed),
         "preflight": state.preflight,
         "policy": policy,
         "worker": state.engine.alive,

@@ -98,12 +98,24 @@ class _Row:
     stream: RowStream
 
 
+class PassThrough:
+    """An unmonitored stand-in for a :class:`GuardedModel` (``bench serve``'s baseline): the
+    same ``generate`` call, no hooks, no report."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.last_report = None
+
+    def generate(self, *args: Any, monitor_context: Any = None, **kwargs: Any) -> Any:
+        return self.model.generate(*args, **kwargs)
+
+
 class Engine:
     """Owns ``guarded`` (and its tokenizer) and runs queued jobs in a worker thread."""
 
     def __init__(
         self,
-        guarded: GuardedModel,
+        guarded: GuardedModel | PassThrough,
         tokenizer: Any,
         *,
         max_batch_rows: int = 8,
@@ -279,7 +291,7 @@ class Engine:
             )
         self.batches += 1
         watcher.settle(final=True)
-        report = self.guarded.last_report
+        report: Any = self.guarded.last_report
         for job in batch:
             mine = [(i, r) for i, r in enumerate(rows) if r.job is job]
             for i, r in mine:

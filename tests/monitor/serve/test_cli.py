@@ -101,3 +101,21 @@ def test_wrong_layer_sae_fails_the_strict_preflight(model_dir: tuple[Path, Serve
         timeout=180,
     )
     assert proc.returncode == 2 and "does not fit" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_bench_serve_runs_both_sides(model_dir: tuple[Path, ServeWorld]) -> None:
+    path, world = model_dir
+    args = ["bench", "serve", "--model", str(path), "--policy", str(world.policy_path)]
+    args += ["--quick", "--clients", "1,2", "--requests-per-client", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor", *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip().startswith(("1 ", "2 "))]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("1", "unmonitored"),
+        ("1", "monitored"),
+        ("2", "unmonitored"),
+        ("2", "monitored"),
+    ]
+    assert all(float(r[3]) > 0 for r in rows) and float(rows[0][-1]) == 1.0
