@@ -45,19 +45,41 @@ def need(tool: str) -> str:
     return path
 
 
-def synthetic_sae(d_in: int, hook: str, seed: int = 0) -> SAE:
-    """A standard SAE of width 32 reading ``hook``: feature 0 is 1.0 on every token (zero
-    encoder column, bias 1), features 1 and 2 are ReLUs of random directions (active on about
-    half the tokens), the rest are off (bias -10)."""
+def synthetic_sae(
+    d_in: int,
+    hook: str,
+    *,
+    center: torch.Tensor | None = None,
+    basis: torch.Tensor | None = None,
+    seed: int = 0,
+) -> SAE:
+    """A standard SAE of width 32 reading ``hook``, for the policy of :func:`policy_text`.
+
+    Feature 0 is 1.0 on every token (zero encoder column, bias 1); features 1 and 2 are ReLUs
+    of random directions (active on about half the tokens). None of the three reconstructs
+    anything (zero decoder rows). With ``basis`` ``(k, d_in)`` (orthonormal rows, k ≤ 14) and
+    ``center`` ``(d_in,)``, features 3 .. 2k+2 are ``relu(±u·(x − center))`` with decoder rows
+    ``±u``, so the SAE reconstructs the projection on those directions (an explained variance
+    that means something); the remaining features are off (bias -10).
+    """
     sae = create_sae(d_in=d_in, d_sae=32, architecture="standard", hook_name=hook)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(d_in, 32, generator=gen) / d_in**0.5)
-        sae.W_dec.copy_(torch.randn(32, d_in, generator=gen) * 0.1)
+        sae.W_dec.zero_()
         sae.b_enc.fill_(-10.0)
         sae.W_enc[:, 0] = 0.0
         sae.b_enc[0] = 1.0
         sae.b_enc[1:3] = 0.0
+        if basis is not None and center is not None:
+            k = basis.shape[0]
+            assert 2 * k + 3 <= 32 and basis.shape[1] == d_in, basis.shape
+            sae.b_dec.copy_(center)  # the encoder subtracts it (apply_b_dec_to_input)
+            for i, u in enumerate(basis):  # u: (d_in,)
+                for j, sign in ((3 + 2 * i, 1.0), (4 + 2 * i, -1.0)):
+                    sae.W_enc[:, j] = sign * u
+                    sae.W_dec[j] = sign * u
+                    sae.b_enc[j] = 0.0
     return sae.eval()
 
 
@@ -102,11 +124,9 @@ rules:
 """
 
 
-def write_policy(
-    folder: Path, d_in: int, hook: str, channel_url: str, channel_type: str = "webhook"
-) -> Path:
-    """Save :func:`synthetic_sae` and :func:`policy_text` under ``folder``; returns the policy."""
-    save_sae(synthetic_sae(d_in, hook), folder / "sae")
+def write_policy(folder: Path, sae: SAE, channel_url: str, channel_type: str = "webhook") -> Path:
+    """Save ``sae`` and :func:`policy_text` under ``folder``; returns the policy file."""
+    save_sae(sae, folder / "sae")
     path = folder / "policy.yaml"
     path.write_text(policy_text(folder / "sae", channel_url, channel_type), encoding="utf-8")
     return path

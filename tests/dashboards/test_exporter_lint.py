@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.metrics import Metrics
 from monitor.policy.loader import load_policy
-from tests.dashboards.helpers import need, write_policy
+from tests.dashboards.helpers import need, synthetic_sae, write_policy
 
 
 def test_promtool_check_metrics_on_the_exporter_output(tmp_path: Path) -> None:
     promtool = need("promtool")
     policy = load_policy(
-        write_policy(tmp_path, 16, "blocks.0.hook_resid_post", "http://127.0.0.1:9/")
+        write_policy(tmp_path, synthetic_sae(16, "blocks.0.hook_resid_post"), "http://127.0.0.1:9/")
     )
     registry = CollectorRegistry()
     metrics = Metrics(registry)
