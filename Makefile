@@ -25,8 +25,8 @@ demo: setup
 	$(BIN)/featureguard demo
 
 lint: setup
-	$(BIN)/ruff check monitor sae tests
-	$(BIN)/ruff format --check monitor sae tests
+	$(BIN)/ruff check monitor sae dashboards tests
+	$(BIN)/ruff format --check monitor sae dashboards tests
 
 typecheck: setup
 	$(BIN)/mypy
