@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from grafana_foundation_sdk.builders import bargauge, dashboard, heatmap, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as common_b
@@ -50,6 +51,24 @@ def _targets(queries: Sequence[Q]) -> list[Builder[Dataquery]]:
     return out
 
 
+PanelT = TypeVar("PanelT", timeseries.Panel, stat.Panel, table.Panel, bargauge.Panel, heatmap.Panel)
+
+
+def _panel(
+    p: PanelT, title: str, description: str, unit: str, queries: Sequence[Q], width: int
+) -> PanelT:
+    """What every panel has: title, description, unit, the ``${datasource}``, targets, size."""
+    return (
+        p.title(title)
+        .description(description)
+        .unit(unit)
+        .datasource(DATASOURCE)
+        .targets(_targets(queries))
+        .span(width)
+        .height(8)
+    )
+
+
 def _legend(as_table: bool = False) -> common_b.VizLegendOptions:
     return (
         common_b.VizLegendOptions()
@@ -71,14 +90,7 @@ def ts(
 ) -> timeseries.Panel:
     """A time series panel (lines; stacked areas with ``stack``)."""
     p = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .targets(_targets(queries))
-        .span(width)
-        .height(8)
+        _panel(timeseries.Panel(), title, description, unit, queries, width)
         .min(0)
         .fill_opacity(25 if stack else 10)
         .line_width(1)
@@ -97,14 +109,7 @@ def ts(
 def stat_panel(title: str, description: str, unit: str, *queries: Q, width: int = 6) -> stat.Panel:
     """A single big number (last value), e.g. the number of distinct policy hashes."""
     return (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .targets(_targets(queries))
-        .span(width)
-        .height(8)
+        _panel(stat.Panel(), title, description, unit, queries, width)
         .graph_mode(common.BigValueGraphMode.NONE)
         .color_mode(common.BigValueColorMode.VALUE)
         .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
@@ -116,14 +121,7 @@ def table_panel(
 ) -> table.Panel:
     """A table of an instant query's series (one row per label set)."""
     return (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .targets(_targets(queries))
-        .span(width)
-        .height(8)
+        _panel(table.Panel(), title, description, unit, queries, width)
         .show_header(True)
         .with_transformation(
             DataTransformerConfig(
@@ -136,14 +134,7 @@ def table_panel(
 def bars(title: str, description: str, unit: str, *queries: Q, width: int = 12) -> bargauge.Panel:
     """Horizontal bars of an instant query, one per series (e.g. the top rules)."""
     return (
-        bargauge.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .targets(_targets(queries))
-        .span(width)
-        .height(8)
+        _panel(bargauge.Panel(), title, description, unit, queries, width)
         .min(0)
         .orientation(common.VizOrientation.HORIZONTAL)
         .display_mode(common.BarGaugeDisplayMode.GRADIENT)
@@ -156,14 +147,7 @@ def heatmap_panel(
 ) -> heatmap.Panel:
     """A heatmap of pre-bucketed Prometheus histogram rates (``format: heatmap``)."""
     return (
-        heatmap.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .targets(_targets(queries))
-        .span(width)
-        .height(8)
+        _panel(heatmap.Panel(), title, description, unit, queries, width)
         .calculate(False)
         .y_axis(heatmap.YAxisConfig().unit(unit))
         .cell_values(heatmap.CellValues().unit("short"))
