@@ -83,6 +83,10 @@ def _ci(ci: list[float] | None) -> str:
     return "" if ci is None else f" [95% CI {ci[0]:.1%}, {ci[1]:.1%}]"
 
 
+def _met(flag: bool | None) -> str:
+    return "n/a" if flag is None else "met" if flag else "NOT met"
+
+
 def _side_by_side(left: str, right: str, width: int, heads: tuple[str, str]) -> list[str]:
     """Two texts in two columns of ``width // 2`` characters (newlines shown as ⏎)."""
     w = max(20, width // 2 - 2)
@@ -101,18 +105,27 @@ def print_report(rep: dict[str, Any], width: int) -> None:
     print(f"policy {rep['policy']}, rule {rep['rule']}: {what} [{feats}] at {rep['hook']}")
     print(f"intervened generation: {rep['path']}; greedy, {rep['max_new_tokens']} new tokens")
     print(
-        f"\n{'prompt':<8} {'tokens':>6} {'Σ before':>9} {'Σ after':>9} {'reduction':>9} "
-        f"{'monitor own':>11}  deployed rule first matches"
+        "\nreduction = 1 − Σ after / Σ before on the baseline completion's tokens (after: the "
+        "edited activation encoded again);\nown tokens = change of what the monitor reads (per "
+        "token) on the intervened completion's own tokens"
+    )
+    print(
+        f"{'prompt':<8} {'tokens':>6} {'Σ before':>9} {'Σ after':>9} {'reduction':>9} "
+        f"{'own tokens':>10}  deployed rule first matches"
     )
     for p in rep["prompts"]:
         own_pt = sum(p["monitor_own"]) / p["own_tokens"] if p["own_tokens"] else 0.0
         base_pt = sum(p["before"]) / p["tokens"] if p["tokens"] else 0.0
         own = None if base_pt <= 0 else 1 - own_pt / base_pt
         d = p["deployed"]
-        dep = "never" if d is None else f"{d['phase']} token {d['token_index']}"
+        dep = (
+            "never"
+            if d is None
+            else f"{d['phase']} token {d['token_index']} (prompt: {d['prompt_tokens']} tokens)"
+        )
         print(
             f"{p['id']:<8} {p['tokens']:>6} {sum(p['before']):>9.1f} {sum(p['after']):>9.1f} "
-            f"{_pct(p['reduction']):>9} {_pct(own):>11}  {dep}"
+            f"{_pct(p['reduction']):>9} {_pct(own):>10}  {dep}"
         )
     a = rep["aggregate"]
     pp = a["per_prompt"] or {}
@@ -147,7 +160,8 @@ def print_report(rep: dict[str, Any], width: int) -> None:
     t = rep["targets"]
     print(
         f"targets (reduction ≥ {t['reduction_at_least']:.0%}, perplexity increase < "
-        f"{t['ppl_increase_below']:.0%}): {'met' if t['met'] else 'NOT met'}"
+        f"{t['ppl_increase_below']:.0%}): {'met' if t['met'] else 'NOT met'} on the point "
+        f"estimates; {_met(t['met_at_ci_bounds'])} at the 95% interval bounds"
     )
     for p in rep["prompts"]:
         print(f"\n[{p['id']}] {p['prompt']}")
