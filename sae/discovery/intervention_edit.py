@@ -177,6 +177,8 @@ def prompt_ids(tokenizer: Any, prompt: str, raw: bool) -> list[int]:
 
 @torch.no_grad()
 def greedy(model: Any, tok: Any, ids: list[int], n: int, gen: Any = None) -> list[int]:
+    """Up to ``n`` greedy new token ids after ``ids`` (batch 1), by ``gen.generate`` (e.g. a
+    guarded model) or ``model.generate``."""
     dev = next(model.parameters()).device
     x = torch.tensor([ids], device=dev)  # (1, L0)
     out = (gen or model).generate(
