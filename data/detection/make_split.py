@@ -9,6 +9,11 @@ ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
 dev, the remainder to test. The assignment depends only on the ids, never on
 item content, so editing a text does not move it between splits.
 
+Data version 2 (ids numbered from V2_FIRST = 1001, files items/*_v2.jsonl) was
+added after tuning had started, so it never touches the version-1 assignment and
+never reaches test: within each stratum its ids are sorted by sha256(id +
+SALT_V2); the first two thirds (rounded) go to train, the rest to dev.
+
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
 (exits non-zero if the existing file disagrees with the computed split).
@@ -24,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 ITEMS = HERE / "items"
 OUT = HERE / "splits.json"
 SALT = "featureguard-split-v1"
+SALT_V2 = "featureguard-split-v2"
+V2_FIRST = 1001  # ids numbered from here are data version 2 (train/dev only)
 CATEGORIES = ("scam", "deception", "dangerous", "benign")
 # minimum counts per (category, hard_negative) stratum
 MINIMUMS = {
@@ -52,7 +59,10 @@ def load():
                 except json.JSONDecodeError as e:
                     errors.append(f"{where}: bad JSON ({e})")
                     continue
-                errors.extend(f"{where}: {m}" for m in check_item(obj))
+                errs = check_item(obj)
+                if not errs and path.name.endswith("_v2.jsonl") != is_v2(obj["id"]):
+                    errs = [f"ids numbered from {V2_FIRST} belong in *_v2.jsonl files, and only they"]
+                errors.extend(f"{where}: {m}" for m in errs)
                 obj["_where"] = where
                 items.append(obj)
     return items, errors
@@ -60,8 +70,8 @@ def load():
 
 def check_item(o):
     errs = []
-    if not isinstance(o.get("id"), str) or not o["id"]:
-        errs.append("missing id")
+    if not isinstance(o.get("id"), str) or not re.fullmatch(r"[a-z]+-\d{4}", o["id"]):
+        errs.append(f"bad id {o.get('id')!r} (want <prefix>-NNNN)")
     if o.get("category") not in CATEGORIES:
         errs.append(f"bad category {o.get('category')!r}")
     if not isinstance(o.get("hard_negative"), bool):
@@ -118,10 +128,20 @@ def split_key(item_id):
     return hashlib.sha256((item_id + SALT).encode("utf-8")).hexdigest()
 
 
+def is_v2(item_id):
+    return int(item_id.rsplit("-", 1)[1]) >= V2_FIRST
+
+
+def split_key_v2(item_id):
+    return hashlib.sha256((item_id + SALT_V2).encode("utf-8")).hexdigest()
+
+
 def make_split(items):
     strata = defaultdict(list)
+    strata_v2 = defaultdict(list)
     for o in items:
-        strata[(o["category"], o["hard_negative"])].append(o["id"])
+        key = (o["category"], o["hard_negative"])
+        (strata_v2 if is_v2(o["id"]) else strata)[key].append(o["id"])
     splits = {}
     for ids in strata.values():
         ids = sorted(ids, key=split_key)
@@ -129,6 +149,11 @@ def make_split(items):
         n_train, n_dev = round(n * 0.5), round(n * 0.25)
         for k, i in enumerate(ids):
             splits[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test"
+    for ids in strata_v2.values():  # version 2: train / dev only, never test
+        ids = sorted(ids, key=split_key_v2)
+        n_train = round(len(ids) * 2 / 3)
+        for k, i in enumerate(ids):
+            splits[i] = "train" if k < n_train else "dev"
     return dict(sorted(splits.items()))
 
 
