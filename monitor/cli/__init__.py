@@ -35,7 +35,7 @@ GROUP_HELP = {
     "sae": "SAE models: inspect, train, evaluate",
     "policy": "policy files: check, test, diff, explain, schema",
     "features": "find, inspect and catalog SAE features",
-    "eval": "evaluate detection quality",
+    "eval": "evaluate detection quality and interventions",
     "bench": "side-by-side speed benchmarks (ratios)",
 }
 
