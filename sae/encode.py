@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from sae.architectures.gated import GatedSAE, gated
-from sae.architectures.jumprelu import JumpReLUSAE, jumprelu
+from sae.architectures.jumprelu import JumpReLUSAE
 from sae.architectures.standard import StandardSAE
 from sae.architectures.topk import TopKSAE
 from sae.base import SAE, normalize_input
@@ -123,8 +123,11 @@ class SubsetEncoder:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., d_in)`` → ``(..., K)`` feature values in ``self.dtype``."""
+        # Called on every monitored forward: each tensor op below is one eager dispatch, so
+        # none is spent on a no-op (cast to the same dtype, slice of the whole width).
         with torch.no_grad():
-            x = x.to(self.device, self.dtype)
+            if x.dtype != self.dtype or x.device != self.device:
+                x = x.to(self.device, self.dtype)
             if self._sae is not None:
                 return self._sae.encode(x)[..., self.indices]  # (..., K) after full top-k
             x_n, _ = normalize_input(x, self.cfg)
@@ -133,9 +136,13 @@ class SubsetEncoder:
             k, p = self.k, self.width
             if self.architecture == "gated":
                 return gated(pre[..., :k], pre[..., p : p + k])
+            if k < p:
+                pre = pre[..., :k]  # (..., K)
             if self.threshold is not None:
-                return jumprelu(pre[..., :k], self.threshold)
-            return torch.relu(pre[..., :k])
+                # jumprelu's relu(pre) * (pre > threshold), the bool mask multiplied directly
+                # (same values as casting it first; NaN still propagates)
+                return torch.relu(pre) * (pre > self.threshold)
+            return torch.relu(pre)
 
     def __repr__(self) -> str:
         return (
@@ -159,4 +166,4 @@ def zero_outliers(x: torch.Tensor, f: torch.Tensor, cutoff: float | None) -> tor
     """``f (..., K)`` with every token whose input ``x (..., d)`` has norm > ``cutoff`` zeroed."""
     if cutoff is None:
         return f
-    return f.masked_fill((x.norm(dim=-1) > cutoff).unsqueeze(-1), 0)  # (..., K)
+    return f.masked_fill(x.norm(dim=-1, keepdim=True) > cutoff, 0)  # (..., K)

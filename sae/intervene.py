@@ -82,13 +82,22 @@ class FeatureEditor:
 
         Tokens where nothing changes are returned bit-identical.
         """
+        # The monitor calls this on every token where an intervention is active: no op is spent
+        # on a no-op cast or on scaling by 1.
         if mask is not None:
             m = mask if mask.dim() == f.dim() else mask.unsqueeze(-1)  # (B, T, K) or (B, T, 1)
             new = torch.where(m, new, f)
-        diff = new.to(self.dtype) - f.to(self.dtype)  # (B, T, K)
+        return self.apply_delta(x, _cast(new, self.dtype) - _cast(f, self.dtype))
+
+    def apply_delta(self, x: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+        """``x`` with the features moved by ``diff (B, T, K)`` (``new - f``, 0 where nothing
+        changes). Tokens whose ``diff`` is all zero are returned bit-identical."""
+        diff = _cast(diff, self.dtype)
         changed = (diff != 0).any(dim=-1, keepdim=True)  # (B, T, 1)
-        step = (diff @ self.directions) * self._out_scale(x)  # (B, T, d_in)
-        return torch.where(changed, x + step.to(x.dtype), x)
+        step = diff @ self.directions  # (B, T, d_in)
+        if self.cfg.normalize_activations != "none":
+            step = step * self._out_scale(x)
+        return torch.where(changed, x + _cast(step, x.dtype), x)
 
     def ablate(
         self, x: torch.Tensor, f: torch.Tensor, mask: torch.Tensor | None = None
@@ -124,3 +133,8 @@ class FeatureEditor:
     ) -> torch.Tensor:
         """Multiply the features by ``factor`` (a float or ``(K,)``)."""
         return self.apply(x, f, f * torch.as_tensor(factor, dtype=f.dtype, device=f.device), mask)
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, without dispatching a cast when it already is."""
+    return t if t.dtype == dtype else t.to(dtype)

@@ -26,31 +26,39 @@ from typing import Any
 
 import torch
 
+from monitor.policy.circuit import Circuit
 from monitor.policy.compiled import CompiledPolicy, PolicyTensors
 from monitor.policy.enforcement import StepResult, enforcement
+from monitor.policy.temporal import BIG, WINDOW_BITS, EvalState, Temporal
 
-_BIG = 1 << 30
 Context = Mapping[str, Any]
-__all__ = ["EvalState", "Evaluator", "StepResult", "context_matches"]
+__all__ = ["WINDOW_BITS", "Advanced", "EvalState", "Evaluator", "StepResult", "context_matches"]
 
 
-@dataclass
-class EvalState:
-    """Per-row evaluation state of one policy; made by :meth:`Evaluator.new_state`."""
+@dataclass(frozen=True)
+class Advanced:
+    """A chunk's rule matches before precedence (:meth:`Evaluator.advance`); on the state's
+    device. :meth:`Evaluator.enforce` turns it into the full :class:`StepResult`."""
 
-    compiled: CompiledPolicy
-    device: torch.device
-    pos: torch.Tensor  # (B,) valid tokens seen per row
-    rpos: torch.Tensor  # (B, R) tokens each rule has seen (valid and in scope)
-    hist: torch.Tensor  # (B, R, M) ring buffer of the condition, M = longest window
-    wcount: torch.Tensor  # (B, R) condition count inside each rule's window
-    run: torch.Tensor  # (B, R) consecutive tokens the windowed condition has held
-    active: torch.Tensor  # (B, R) bool
-    hold_left: torch.Tensor  # (B, R) hold tokens left
-    since: torch.Tensor  # (B, R) tokens since the last match
-    probe_sum: torch.Tensor  # (B, P) running sum of probe logits (for mean pooling)
-    probe_cnt: torch.Tensor  # (B, 1) valid tokens in that sum
-    exc_ctx: torch.Tensor  # (B, X) bool: exception x applies to row b's request context
+    acts: torch.Tensor  # (B, T, K) the input, pre-intervention
+    x: torch.Tensor  # (B, T, K) the same in float32 (acts itself when it is float32)
+    valid: torch.Tensor  # (B, T) bool
+    valid3: torch.Tensor  # (B, T, 1) the same
+    count: torch.Tensor  # (B, 1) valid tokens of each row before this chunk
+    match: torch.Tensor  # (B, T, R) bool
+    active: torch.Tensor  # (B, T, R) bool
+    scores: torch.Tensor | None  # (B, T, P); None when the policy has no probes
+
+    @property
+    def token_index(self) -> torch.Tensor:
+        """(B, T) long: position in the row's unpadded sequence, -1 on invalid tokens."""
+        tok = self.count + torch.cumsum(self.valid.long(), dim=1) - 1
+        return torch.where(self.valid, tok, -1)
+
+    @property
+    def probe_scores(self) -> torch.Tensor:
+        """(B, T, P) probe logits (or raw scores)."""
+        return self.scores if self.scores is not None else self.x.new_zeros(*self.x.shape[:-1], 0)
 
 
 def context_matches(patterns: Mapping[str, Sequence[str]], context: Context | None) -> bool:
@@ -67,20 +75,28 @@ def context_matches(patterns: Mapping[str, Sequence[str]], context: Context | No
 
 class Evaluator:
     """Evaluates one :class:`CompiledPolicy`; cheap to make, safe to share between threads
-    (all per-row mutable data lives in :class:`EvalState`)."""
+    (all per-row mutable data lives in :class:`EvalState`).
+
+    ``step`` runs once per generated token, and on a CPU each tensor op is an eager dispatch of
+    several microseconds, so everything that does not depend on the activations is decided here
+    once: temporal features no rule uses are skipped, a phase every rule watches needs no
+    scope mask, and a policy whose conditions are all plain literals (no any/all/not/count, no
+    exceptions) is evaluated with one gather and one comparison.
+    """
 
     def __init__(self, compiled: CompiledPolicy) -> None:
         self.compiled = compiled
         self._on: dict[torch.device, PolicyTensors] = {}
         self._keys: dict[torch.device, torch.Tensor] = {}
-        self._const: dict[torch.device, torch.Tensor] = {}
+        self._circuit: dict[torch.device, Circuit] = {}
+        self._temporal: dict[torch.device, Temporal] = {}
         self._mean_pooling = any(p.pooling == "mean" for p in compiled.probes)
-        specs = [r.spec for r in compiled.rules]
-        self._use = (
-            any(r.for_ > 1 for r in specs),
-            any(r.cooldown > 0 for r in specs),
-            any(r.hold > 0 for r in specs),
-        )  # temporal features in use at all
+        t = compiled.tensors
+        # every rule looks at every valid token of the phase: no (B, T, R) scope mask
+        self._all_scope = {
+            "prompt": bool(t.in_prompt.all()),
+            "completion": bool(t.in_completion.all()),
+        }
 
     def tensors(self, device: torch.device) -> PolicyTensors:
         if device not in self._on:
@@ -88,7 +104,8 @@ class Evaluator:
             R = self.compiled.R
             # Tie-break key per rule: severity first, then earlier rules win.
             self._keys[device] = t.severity * R + (R - 1 - torch.arange(R, device=device))
-            self._const[device] = torch.tensor([0.0, 1.0], device=device)  # false, true nodes
+            self._circuit[device] = Circuit(t, len(self.compiled.exceptions))
+            self._temporal[device] = Temporal(self.compiled, t)
             self._on[device] = t
         return self._on[device]
 
@@ -120,6 +137,7 @@ class Evaluator:
         dev = torch.device(device)
         t = self.tensors(dev)
         B, R, P = batch_size, self.compiled.R, self.compiled.P
+        M = t.max_window if t.max_window > WINDOW_BITS else 0
 
         def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=dev)
@@ -127,14 +145,15 @@ class Evaluator:
         return EvalState(
             compiled=self.compiled,
             device=dev,
-            pos=zeros(B),
-            rpos=zeros(B, R),
-            hist=zeros(B, R, t.max_window, dtype=torch.bool),
-            wcount=zeros(B, R),
-            run=zeros(B, R),
-            active=zeros(B, R, dtype=torch.bool),
-            hold_left=zeros(B, R),
-            since=torch.full((B, R), _BIG, dtype=torch.long, device=dev),
+            count=zeros(B, 1),
+            rpos=zeros(B, 1, R),
+            hist=zeros(B, 1, R, M, dtype=torch.bool),
+            bits=zeros(B, 1, R),
+            wcount=zeros(B, 1, R),
+            run=zeros(B, 1, R),
+            active=zeros(B, 1, R, dtype=torch.bool),
+            hold_left=zeros(B, 1, R),
+            since=torch.full((B, 1, R), BIG, dtype=torch.long, device=dev),
             probe_sum=zeros(B, P, dtype=torch.float32),
             probe_cnt=zeros(B, 1, dtype=torch.float32),
             exc_ctx=self.context_mask(contexts, B).to(dev),
@@ -148,30 +167,33 @@ class Evaluator:
         x (B, T, K) float32, valid (B, T) bool → cond (B, T, R) bool, exc (B, T, R) bool,
         probe scores (B, T, P) float32. Updates the probe-mean state.
         """
-        t = self.tensors(state.device)
+        cond, ok, scores = self._conditions(x, valid, state)
         B, T, _ = x.shape
-        scores = x @ t.probe_w + t.probe_b  # (B, T, P)
-        if self._mean_pooling:
-            vf = valid.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
-            csum = state.probe_sum.unsqueeze(1) + torch.cumsum(scores * vf, dim=1)
-            ccnt = state.probe_cnt.unsqueeze(1) + torch.cumsum(vf, dim=1)
-            scores = torch.where(t.probe_mean, csum / ccnt.clamp_min(1.0), scores)
-            state.probe_sum, state.probe_cnt = csum[:, -1], ccnt[:, -1]
-        vals = torch.cat([x, scores], dim=-1)  # (B, T, K + P)
-        lits = vals.index_select(-1, t.lit_src) > t.lit_thr  # (B, T, L)
-        const = self._const[state.device].expand(B, T, 2)  # cached: no host copy per step
-        V = torch.cat([const, lits.to(x.dtype)], dim=-1)  # (B, T, 2 + L) node values
-        for idx, w, theta in t.levels:
-            G, C = idx.shape
-            kids = V.index_select(-1, idx.reshape(-1)).view(B, T, G, C)
-            V = torch.cat([V, ((kids * w).sum(-1) >= theta).to(x.dtype)], dim=-1)
-        cond = V.index_select(-1, t.rule_cond) > 0.5  # (B, T, R)
-        exc = torch.zeros_like(cond)
-        if len(self.compiled.exceptions):
-            hit = V.index_select(-1, t.exc_node) * state.exc_ctx.unsqueeze(1)  # (B, T, X)
-            per_rule = torch.zeros(B, T, self.compiled.R, device=x.device, dtype=x.dtype)
-            exc = per_rule.index_add_(-1, t.exc_rule, hit) > 0
-        return cond, exc, scores
+        return (
+            cond,
+            torch.zeros_like(cond) if ok is None else ~ok,
+            x.new_zeros(B, T, 0) if scores is None else scores,
+        )
+
+    def _conditions(
+        self, x: torch.Tensor, valid: torch.Tensor, state: EvalState
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`conditions` with ``ok`` (no exception applies, ``None`` when the policy has no
+        exceptions) instead of ``exc``, and ``None`` scores for no probes."""
+        t = self.tensors(state.device)
+        scores = None
+        vals = x  # (B, T, K + P) once probe scores are appended
+        if self.compiled.P:
+            scores = x @ t.probe_w + t.probe_b  # (B, T, P)
+            if self._mean_pooling:
+                vf = valid.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+                csum = state.probe_sum.unsqueeze(1) + torch.cumsum(scores * vf, dim=1)
+                ccnt = state.probe_cnt.unsqueeze(1) + torch.cumsum(vf, dim=1)
+                scores = torch.where(t.probe_mean, csum / ccnt.clamp_min(1.0), scores)
+                state.probe_sum, state.probe_cnt = csum[:, -1], ccnt[:, -1]
+            vals = torch.cat([x, scores], dim=-1)  # (B, T, K + P)
+        cond, ok = self._circuit[state.device](vals, state.exc_ctx)
+        return cond, ok, scores
 
     def step(
         self,
@@ -187,6 +209,19 @@ class Evaluator:
         valid (B, T) bool, false on pads and finished rows; phase ``prompt`` or ``completion``.
         ``context`` (optional) replaces the request contexts given to :meth:`new_state`.
         """
+        return self.enforce(self.advance(acts, valid, phase, state, context))
+
+    def advance(
+        self,
+        acts: torch.Tensor,
+        valid: torch.Tensor,
+        phase: str,
+        state: EvalState,
+        context: Context | Sequence[Context | None] | None = None,
+    ) -> Advanced:
+        """:meth:`step` up to the rule matches: advances ``state`` exactly as ``step`` does, but
+        leaves precedence and interventions to :meth:`enforce` (the runtime asks for them only
+        when a rule that acts is active)."""
         if state.compiled is not self.compiled:
             raise ValueError(
                 "this state belongs to another policy; make a new state after a reload"
@@ -194,73 +229,40 @@ class Evaluator:
         if phase not in ("prompt", "completion"):
             raise ValueError(f"phase must be 'prompt' or 'completion', not {phase!r}")
         B, T, K = acts.shape
-        if K != self.compiled.K or tuple(valid.shape) != (B, T) or state.pos.shape[0] != B:
+        if K != self.compiled.K or tuple(valid.shape) != (B, T) or state.count.shape[0] != B:
             raise ValueError(
-                f"expected acts (B={state.pos.shape[0]}, T, K={self.compiled.K}) "
+                f"expected acts (B={state.count.shape[0]}, T, K={self.compiled.K}) "
                 f"and valid (B, T); got {tuple(acts.shape)}, {tuple(valid.shape)}"
             )
         if context is not None:
             state.exc_ctx = self.context_mask(context, B).to(state.device)
         t = self.tensors(state.device)
-        valid = valid.to(device=state.device, dtype=torch.bool)
-        x = acts.to(torch.float32)
-        cond, exc, scores = self.conditions(x, valid, state)
-        scope = t.in_prompt if phase == "prompt" else t.in_completion  # (R,)
-        upd = valid.unsqueeze(-1) & scope  # (B, T, R): tokens each rule looks at
-        match, active = self._temporal(cond, exc, upd, state, t)
-        tok = state.pos.unsqueeze(1) + torch.cumsum(valid.long(), dim=1) - 1
-        state.pos = state.pos + valid.long().sum(1)
-        tok = torch.where(valid, tok, -1)
-        return enforcement(t, self._keys[x.device], acts, x, valid, tok, match, active, scores)
+        if valid.dtype != torch.bool or valid.device != state.device:
+            valid = valid.to(device=state.device, dtype=torch.bool)
+        x = acts if acts.dtype == torch.float32 else acts.to(torch.float32)
+        cond, ok, scores = self._conditions(x, valid, state)
+        valid3 = valid.unsqueeze(-1)  # (B, T, 1)
+        upd = valid3  # every rule looks at every valid token of the phase
+        if not self._all_scope[phase]:
+            scope = t.in_prompt if phase == "prompt" else t.in_completion  # (R,)
+            upd = valid3 & scope  # (B, T, R): tokens each rule looks at
+        match, active = self._temporal[state.device](cond, ok, upd, state)
+        count = state.count
+        state.count = count + (valid if T == 1 else valid.sum(1, keepdim=True))  # (B, 1)
+        return Advanced(acts, x, valid, valid3, count, match, active, scores)
 
-    def _temporal(
-        self,
-        cond: torch.Tensor,
-        exc: torch.Tensor,
-        upd: torch.Tensor,
-        st: EvalState,
-        t: PolicyTensors,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows, ``for``, exceptions, cooldown and hold, token by token over (B, R).
-
-        Features no rule uses are skipped (decided at construction, not per step): with
-        cooldown 0 the "since last match" test is always true for an inactive rule, etc.
-        """
-        M, T = t.max_window, cond.shape[1]
-        if T == 0:
-            return cond.clone(), cond.clone()
-        use_for, use_cool, use_hold = self._use
-        ok = ~exc if self.compiled.exceptions else None  # (B, T, R)
-        matches, actives = [], []
-        for i in range(T):
-            u, c = upd[:, i], cond[:, i]  # (B, R)
-            if M > 1:
-                new_slot = (st.rpos % M).unsqueeze(-1)
-                old_slot = ((st.rpos - t.of_last) % M).unsqueeze(-1)
-                leaving = st.hist.gather(-1, old_slot).squeeze(-1) & (st.rpos >= t.of_last)
-                count = st.wcount + c.long() - leaving.long()
-                kept = st.hist.gather(-1, new_slot).squeeze(-1)
-                st.hist.scatter_(-1, new_slot, torch.where(u, c, kept).unsqueeze(-1))
-                st.wcount = torch.where(u, count, st.wcount)
-                st.rpos = st.rpos + u.long()
-                c = count >= t.at_least
-            if use_for:
-                st.run = torch.where(u, torch.where(c, st.run + 1, 0), st.run)
-                c = st.run >= t.for_
-            e = c if ok is None else c & ok[:, i]
-            m = u & e & ~st.active
-            if use_cool:
-                since = torch.where(u, (st.since + 1).clamp_max(_BIG), st.since)
-                m = m & (since > t.cooldown)
-                st.since = torch.where(m, 0, since)
-            if use_hold:  # an exception ends the hold too: the rule is suppressed at once
-                held = st.hold_left > 0 if ok is None else (st.hold_left > 0) & ok[:, i]
-                now = torch.where(u, m | (st.active & (e | held)), st.active)
-                left = torch.where(e & now, t.hold, torch.where(now, st.hold_left - 1, 0))
-                st.hold_left = torch.where(u, left, st.hold_left)
-            else:
-                now = torch.where(u, m | (st.active & e), st.active)
-            st.active = now
-            matches.append(m)
-            actives.append(now & u)
-        return torch.stack(matches, dim=1), torch.stack(actives, dim=1)
+    def enforce(self, adv: Advanced) -> StepResult:
+        """The full :class:`StepResult` (precedence, interventions) of an :meth:`advance`."""
+        dev = adv.x.device
+        t = self.tensors(dev)
+        return enforcement(
+            t,
+            self._keys[dev],
+            adv.acts,
+            adv.x,
+            adv.valid,
+            adv.token_index,
+            adv.match,
+            adv.active,
+            adv.probe_scores,
+        )

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from monitor.policy.compiled import CompiledPolicy, CompiledSAE
+from monitor.policy.compiled import ACTIONS_ORDER, CompiledPolicy, CompiledSAE
 from monitor.policy.evaluator import Evaluator
+from monitor.runtime.edits import EditTables
 from sae.base import SAE
 from sae.encode import SubsetEncoder, outlier_cutoff, zero_outliers
 from sae.errors import HookError
@@ -126,6 +127,12 @@ class PolicyBinding:
         ordered = sorted(groups, key=lambda h: _order_key(points[h]))
         self.groups = [HookGroup(i, points[h], groups[h]) for i, h in enumerate(ordered)]
         self._check_edits()
+        self.dtype = dtype
+        every = [b for g in self.groups for b in g.saes]
+        # one SAE whose values are all of acts: its encode output is acts, no gather
+        self.single = len(every) == 1 and every[0].cols == slice(0, policy.K)
+        self._roles = _rule_roles(policy)
+        self._on: dict[tuple[str, torch.device], Any] = {}
 
     def _check_edits(self) -> None:
         if len(self.groups) < 2:
@@ -140,6 +147,27 @@ class PolicyBinding:
                     "SAE read last (or use one hook point)",
                 )
 
+    def _cached(self, name: str, device: torch.device, make: Any) -> Any:
+        key = (name, device)
+        if key not in self._on:
+            self._on[key] = make()
+        return self._on[key]
+
+    def rule_roles(self, device: torch.device) -> torch.Tensor | None:
+        """(R, 2) float on ``device``: column 0 is 1 for enforce rules that stop or replace,
+        column 1 for enforce rules that ablate or clamp; None when no rule does either."""
+        roles = self._roles
+        return self._cached("roles", device, lambda: None if roles is None else roles.to(device))
+
+    def edit_tables(self, device: torch.device) -> EditTables:
+        """The enforce rules' ablate/clamp entries on ``device`` (:mod:`.edits`)."""
+        return self._cached("edits", device, lambda: EditTables.of(self.policy, device))
+
+    def export_index(self, device: torch.device) -> torch.Tensor:
+        """(E,) long on ``device``: the columns of acts with ``export: true``."""
+        cols = list(self.policy.export_columns)
+        return self._cached("export", device, lambda: torch.tensor(cols, device=device))
+
     @property
     def hook_names(self) -> list[str]:
         return [g.point.name for g in self.groups]
@@ -147,6 +175,17 @@ class PolicyBinding:
     @property
     def intervenes(self) -> bool:
         return any(g.edits for g in self.groups)
+
+
+def _rule_roles(policy: CompiledPolicy) -> torch.Tensor | None:
+    t = policy.tensors
+    col = {k: i for i, k in enumerate(ACTIONS_ORDER)}
+    ha = t.has_action  # (R, 6)
+    halts = t.enforce & (ha[:, col["stop"]] | ha[:, col["replace"]])  # (R,)
+    edits = t.enforce & (ha[:, col["ablate"]] | ha[:, col["clamp"]])  # (R,)
+    if not bool(halts.any() | edits.any()):
+        return None
+    return torch.stack([halts, edits], dim=1).float()  # (R, 2)
 
 
 def sae_loader(overrides: Mapping[str, SAE] | None, cache: dict[str, SAE]) -> Any:

@@ -26,26 +26,29 @@ class HostSide:
     keep_ids: bool
     ids: torch.Tensor | None
     tokenizer: Any
-    valid_all: torch.Tensor
     stop_now: torch.Tensor
     halted: torch.Tensor
     stop_pending: bool
     halt_col: dict[int, int]
     _event_cols: list[int]
 
+    @property
+    def valid_all(self) -> torch.Tensor:  # (B, L) bool; Session provides it
+        raise NotImplementedError
+
     def _events(self, fwd: Any, step: Step) -> list[MatchEvent]:
         pol = self.policy
         hits = step.match.nonzero().tolist()  # [(b, t, r)]
         self._event_cols = [fwd.start + t for _, t, _ in hits]
-        bt = torch.tensor([[b, t] for b, t, _ in hits], dtype=torch.long)
-        acts = step.acts_f32[bt[:, 0], bt[:, 1]].cpu() if step.acts_f32 is not None else None
-        probes = step.probe_scores[bt[:, 0], bt[:, 1]].cpu()
+        bt = torch.tensor([[b, t] for b, t, _ in hits], dtype=torch.long, device=step.match.device)
+        acts = step.acts_f32[bt[:, 0], bt[:, 1]].tolist() if step.acts_f32 is not None else None
+        probes = step.probe_scores[bt[:, 0], bt[:, 1]].tolist()  # (hits, P)
         tok = step.token_index[bt[:, 0], bt[:, 1]].tolist()
         out = []
         for i, (b, t, r) in enumerate(hits):
             rule = pol.rules[r]
             feats = {
-                n: float(acts[i, pol.feature_columns[n]]) if acts is not None else float("nan")
+                n: float(acts[i][pol.feature_columns[n]]) if acts is not None else float("nan")
                 for n in rule.features
                 if n in pol.feature_columns
             }
@@ -60,7 +63,7 @@ class HostSide:
                 mode=rule.mode,
                 actions=rule.action_kinds,
                 features=feats,
-                probes={p.name: float(probes[i, p.index]) for p in pol.probes},
+                probes={p.name: float(probes[i][p.index]) for p in pol.probes},
                 policy=pol.name,
                 revision=pol.revision,
                 sha256=pol.sha256,
@@ -88,8 +91,8 @@ class HostSide:
         ids = self.ids[b, lo : col + 1].cpu()[keep].tolist()
         return str(self.tokenizer.decode(ids))
 
-    def _degraded(self, step: Step, phase: str) -> list[DegradedEvent]:
-        per_row = step.degraded.sum(1).tolist()
+    def _degraded(self, step: Step, per_row: list[int], phase: str) -> list[DegradedEvent]:
+        """``per_row`` (B,): the step's degraded tokens of each row (from its read)."""
         reason = step.error or "non-finite feature value"
         out = []
         for b, n in enumerate(per_row):
@@ -119,13 +122,17 @@ class HostSide:
         )
         return out
 
-    def _halt(self, fwd: Any, step: Step, rows: torch.Tensor) -> list[tuple[int | None, str]]:
-        """Stop/replace (or fail_closed) rows: flags for the logits processor and criterion."""
-        self.stop_now |= rows
-        self.halted |= rows
+    def _halt(self, fwd: Any, step: Step, rows: list[int]) -> list[tuple[int | None, str]]:
+        """Stop/replace (or fail_closed) ``rows``: flags for the logits processor and criterion.
+
+        ``halted`` is replaced, never changed in place: the stopping criterion returns it."""
+        mask = torch.zeros_like(self.halted)
+        mask[rows] = True
+        self.stop_now = self.stop_now | mask
+        self.halted = self.halted | mask
         self.stop_pending = True
         halts: list[tuple[int | None, str]] = []
-        for b in rows.nonzero().flatten().tolist():
+        for b in rows:
             row = self.report.rows[b]
             hit = step.halt[b].nonzero().flatten()
             if hit.numel():
@@ -156,12 +163,16 @@ class HostSide:
             row.stopped, row.halt_rule, row.halt_reason = True, "on_error", "error"
             row.halt_token, row.errors = ev.token_index, [*row.errors, error]
             self.halt_col[b] = col
-            self.halted[b] = self.stop_now[b] = True
+            mask = torch.zeros_like(self.halted)
+            mask[b] = True
+            self.halted, self.stop_now = self.halted | mask, self.stop_now | mask
             self.stop_pending = True
 
-    def _exported(self, step: Step, valid: torch.Tensor) -> dict[str, list[float]]:
+    def _exported(self, step: Step) -> dict[str, list[float]]:
+        """Exported features' values on the step's valid tokens (forwards of several columns;
+        a one-column forward has them from its read)."""
         if step.acts_f32 is None:
             return {}
         cols = list(self.policy.export_columns)
-        vals = step.acts_f32[valid][:, cols].cpu()  # (n_valid, E)
+        vals = step.acts_f32[step.valid][:, cols].cpu()  # (n_valid, E)
         return {self.policy.feature_names[c]: vals[:, i].tolist() for i, c in enumerate(cols)}

@@ -10,8 +10,14 @@ One :class:`Session` lives for one ``generate`` (or one scan batch). The hooks c
 - :meth:`token_appended` (the stopping criterion) records the validity of the column just
   sampled: false for pads, finished rows and rows the monitor has stopped.
 
-Flags stay on the device. Each forward makes ONE host read (per-row token counts plus three
-flags); only when a rule matched, a token was degraded or a row must stop are details read.
+Flags stay on the device. Each forward makes ONE host read (:meth:`Step.read`: per-row token
+counts and flags); only when a rule matched, a token was degraded or a row must stop are details
+read, and the ablate/clamp edit runs only when that read shows an intervention active.
+
+Everything a step needs that does not depend on the activations is decided on the host or built
+once (the binding's tables, the evaluator's per-device tensors): on a CPU each tensor op costs
+several microseconds of dispatch, so the per-token path spends none on no-op casts or masks
+known to be all false (tests/monitor/runtime/test_op_budget.py holds the count).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from monitor.runtime.events import DegradedEvent, Dispatcher, MatchEvent, StepSt
 from monitor.runtime.health import HealthSampler, sae_health
 from monitor.runtime.host import HostSide
 from monitor.runtime.report import MonitorReport, RowReport
-from monitor.runtime.stepping import Step, evaluate_phases
+from monitor.runtime.stepping import Flags, Step, evaluate_phases
 
 
 class StopForward(Exception):
@@ -72,12 +78,15 @@ class Session(HostSide):
         self.B, self.L0 = B, L0 if prompt_len is None else prompt_len
         self.contexts = list(contexts)
         self.state = binding.evaluator.new_state(B, self.device, self.contexts)
-        self.valid_all = mask.to(torch.bool)  # (B, L) validity of every column so far
+        self._valid = [mask.to(torch.bool)]  # (B, L_i) chunks: validity of every column so far
+        # host lower bound of state.pos per row: rows past their first token need no mask
+        self._pos_floor = [0] * B
+        self._all_started = False  # every row is past its first token
         self.ids: torch.Tensor | None = None  # (B, L) token ids, kept only for audit text
         self.keep_ids = bool(tokenizer is not None and self.policy.audit.include_text)
         self.tokenizer = tokenizer
         self.eos = torch.tensor(list(eos_ids), dtype=torch.long, device=self.device)
-        self.alive = torch.ones(B, dtype=torch.bool, device=self.device)
+        self.alive = torch.ones(B, 1, dtype=torch.bool, device=self.device)  # (B, 1)
         self.stop_now = torch.zeros(B, dtype=torch.bool, device=self.device)
         self.stop_pending = False  # host copy of stop_now.any(), known from the step's read
         self.halted = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -128,13 +137,32 @@ class Session(HostSide):
             new = ids[:, self.fwd.offset :]  # (B, n)
             self.ids = new if self.ids is None else torch.cat([self.ids, new], dim=1)
 
+    @property
+    def valid_all(self) -> torch.Tensor:
+        """(B, L) bool: validity of every column so far (false on pads and finished rows)."""
+        if len(self._valid) > 1:
+            self._valid = [torch.cat(self._valid, dim=1)]
+        return self._valid[0]
+
+    def _valid_cols(self, start: int, n: int) -> torch.Tensor:
+        """(B, n) validity of columns ``[start, start + n)``: a decode step's column is the
+        chunk the stopping criterion appended, without a concatenation."""
+        last = self._valid[-1]
+        if start + n == self.valid_len and n == last.shape[1]:
+            return last
+        return self.valid_all[:, start : start + n]
+
+    @property
+    def valid_len(self) -> int:
+        return sum(v.shape[1] for v in self._valid)
+
     def on_hook(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         """Layer hook: encode the new columns; the last hook point evaluates and edits."""
         fwd, group = self.fwd, self.by_name.get(name)
         if fwd is None or group is None or group.index in fwd.parts:
             return None
         t0 = time.perf_counter()
-        x_new = x[:, fwd.offset :]  # (B, n, d)
+        x_new = x if fwd.offset == 0 else x[:, fwd.offset :]  # (B, n, d)
         if fwd.health:
             fwd.hidden[group.index] = x_new  # a reference (edits make new tensors)
         try:
@@ -146,34 +174,46 @@ class Session(HostSide):
             fwd.t_host += time.perf_counter() - t0
             return None
         step = self._evaluate(fwd)
-        out = self._edit(group, x, fwd, step) if step.new_acts is not None else None
+        flags = step.read(self._prompt_cols(fwd))  # the one device -> host read of the step
+        out = None
+        if not self.final and (flags.edit or self.replay):  # final: nothing runs after it
+            out = self._edit(group, x, fwd, step)
         fwd.t_host += time.perf_counter() - t0
-        self._after(fwd, step)
+        self._after(fwd, step, flags)
         self.seen, self.fwd = fwd.start + fwd.n, None
         if self.final:
             raise StopForward
         return out
 
     # ---- evaluation -------------------------------------------------------------------------
+    def _prompt_cols(self, fwd: _Forward) -> int:
+        return max(0, min(self.L0 - fwd.start, fwd.n))  # prompt columns in this forward
+
     def _evaluate(self, fwd: _Forward) -> Step:
-        valid = self.valid_all[:, fwd.start : fwd.start + fwd.n]  # (B, n)
+        valid = self._valid_cols(fwd.start, fwd.n)  # (B, n)
         acts = None
         if fwd.error is None:
             acts = self._gather(fwd)  # (B, n, K)
-            if self.ignore_first:  # position 0 is a massive-activation outlier: no features
-                first = valid & (self.state.pos[:, None] + valid.long().cumsum(1) == 1)
+            # position 0 is a massive-activation outlier: no features (rows known to be past
+            # their first token, from earlier reads, need no mask)
+            if self.ignore_first and not self._all_started:
+                first = valid & (self.state.count + valid.long().cumsum(1) == 1)
                 acts = acts.masked_fill(first.unsqueeze(-1), 0)
         if fwd.health:  # token index > 0 (state.pos is advanced by the evaluator below)
-            fwd.eligible = valid & (self.state.pos[:, None] + valid.long().cumsum(1) > 1)
-        p = max(0, min(self.L0 - fwd.start, fwd.n))  # prompt columns in this forward
+            fwd.eligible = valid & (self.state.count + valid.long().cumsum(1) > 1)
+        p = self._prompt_cols(fwd)
         step = evaluate_phases(self.binding, self.state, acts, valid, p, fwd.error)
         if self.record and step.acts is not None:
             self.recorded.append((fwd.start, step.acts, valid, step.probe_scores))
         return step
 
     def _gather(self, fwd: _Forward) -> torch.Tensor:
-        dtype = self.binding.groups[0].saes[0].encoder.dtype
+        dtype = self.binding.dtype
         first = next(v for v in fwd.parts.values() if v)
+        if self.binding.single:
+            vals = first[0]  # (B, n, K): the one SAE's values are acts
+            if vals.dtype == dtype and vals.device == self.device:
+                return vals
         B, n = first[0].shape[:2]
         acts = torch.zeros(B, n, self.policy.K, dtype=dtype, device=self.device)  # (B, n, K)
         for g in self.binding.groups:
@@ -186,25 +226,26 @@ class Session(HostSide):
     ) -> torch.Tensor | None:
         """x with the step's ablate/clamp deltas on the new columns (and, without a KV cache,
         the earlier columns' recorded edits replayed)."""
-        if not group.edits or step.acts is None or step.new_acts is None:
+        if not group.edits or step.acts is None:
             return None
         dev = x.device
-        bad = step.degraded.to(dev).unsqueeze(-1)  # (B, n, 1): NaN/inf values never edit
-        new = step.new_acts.to(dev).masked_fill(bad, 0)  # (B, n, K)
-        mask = step.intervene.to(dev) & ~bad
-        x_new = x[:, fwd.offset :]
+        new, mask = step.targets  # (B, n, K): NaN/inf tokens are never edited
+        new, mask, acts = _on(new, dev), _on(mask, dev), _on(step.acts, dev)
+        x_new = x if fwd.offset == 0 else x[:, fwd.offset :]
         for b in group.saes:
             if b.editor is not None:
-                f = step.acts[..., b.cols].to(dev).masked_fill(bad, 0)
-                x_new = b.editor.apply(x_new, f, new[..., b.cols], mask[..., b.cols])
-        if fwd.offset == 0:
-            if self.replay:
-                self._record_edit(group, new, mask)
-            return x_new
-        old = self._replay(group, x[:, : fwd.offset], fwd.start - fwd.offset)
+                f, nb, mb = acts, new, mask  # (B, n, K_s) this SAE's columns
+                if not self.binding.single:
+                    f, nb, mb = acts[..., b.cols], new[..., b.cols], mask[..., b.cols]
+                diff = torch.where(mb, nb - f, 0)  # 0 where nothing changes
+                x_new = b.editor.apply_delta(x_new, diff)
+        out = x_new
+        if fwd.offset:  # no KV cache: the earlier columns need their edits again
+            old = self._replay(group, x[:, : fwd.offset], fwd.start - fwd.offset)
+            out = torch.cat([old, x_new], dim=1)  # (B, L, d)
         if self.replay:
-            self._record_edit(group, new, mask)
-        return torch.cat([old, x_new], dim=1)  # (B, L, d)
+            self._record_edit(group, new.masked_fill(~_on(step.finite, dev), 0), mask)
+        return out
 
     def _record_edit(self, group: HookGroup, new: torch.Tensor, mask: torch.Tensor) -> None:
         if group.index in self.edits:
@@ -224,36 +265,36 @@ class Session(HostSide):
         return old
 
     # ---- host side --------------------------------------------------------------------------
-    def _after(self, fwd: _Forward, step: Step) -> None:
-        """The step's one host read, then events, stops and statistics."""
-        valid = self.valid_all[:, fwd.start : fwd.start + fwd.n]  # (B, n)
-        p = max(0, min(self.L0 - fwd.start, fwd.n))  # prompt columns in this forward
-        halt_rows = step.halt.any(1)  # (B,)
-        if self.policy.on_error == "fail_closed":
-            halt_rows = halt_rows | step.degraded.any(1)
-        halt_rows = halt_rows & ~self.halted
-        flags = torch.cat(
-            [
-                valid[:, :p].long().sum(1),
-                valid[:, p:].long().sum(1),
-                torch.stack([step.match.any(), step.degraded.sum(), halt_rows.any()]).long(),
-            ]
-        ).tolist()  # the one device -> host read of the step
-        B = self.B
-        prompt_n, completion_n = flags[:B], flags[B : 2 * B]
-        any_match, n_degraded, any_halt = flags[2 * B :]
+    def _after(self, fwd: _Forward, step: Step, flags: Flags) -> None:
+        """Act on the step's read: report counts, events, stops and statistics."""
+        p = self._prompt_cols(fwd)
+        prompt_n, completion_n = flags.prompt, flags.completion
+        n_degraded = sum(flags.degraded)
+        closed = self.policy.on_error == "fail_closed"
+        halt_rows = [
+            b
+            for b in range(self.B)
+            if (flags.halt[b] or (closed and flags.degraded[b])) and b not in self.halt_col
+        ]
         phase = "completion" if fwd.n > p else "prompt"
-        for b in range(B):
-            self.report.rows[b].prompt_tokens += prompt_n[b]
-            self.report.rows[b].completion_tokens += completion_n[b]
+        for b, row in enumerate(self.report.rows):
+            row.prompt_tokens += prompt_n[b]
+            row.completion_tokens += completion_n[b]
+        if step.error is None and not self._all_started:  # state.pos advanced by these
+            for b in range(self.B):
+                self._pos_floor[b] += prompt_n[b] + completion_n[b]
+            self._all_started = all(self._pos_floor)
+        tokens = sum(prompt_n) + sum(completion_n)
         if self.health is not None:
-            self.health.tick(sum(prompt_n) + sum(completion_n))
+            self.health.tick(tokens)
             if fwd.health:
                 self._sample_health(fwd)
-        events = self._events(fwd, step) if any_match else []
-        degraded = self._degraded(step, phase) if n_degraded else []
-        halts = self._halt(fwd, step, halt_rows) if any_halt else []
-        exported = self._exported(step, valid) if self.policy.export_columns else {}
+        events = self._events(fwd, step) if flags.matched else []
+        degraded = self._degraded(step, flags.degraded, phase) if n_degraded else []
+        halts = self._halt(fwd, step, halt_rows) if halt_rows else []
+        exported: dict[str, list[float]] = {}
+        if self.policy.export_columns and step.acts is not None:
+            exported = flags.exported if flags.exported is not None else self._exported(step)
         self.report.steps += 1
         self.report.overhead_s += fwd.t_host
         self._dispatch(
@@ -261,7 +302,7 @@ class Session(HostSide):
             StepStats(
                 self.policy.name,
                 phase,
-                sum(prompt_n) + sum(completion_n),
+                tokens,
                 n_degraded,
                 fwd.t_host,
                 exported,
@@ -330,16 +371,19 @@ class Session(HostSide):
 
         ``done`` (B,) are rows other criteria (the caller's) end after this token.
         """
-        new_tok = input_ids[:, -1]  # (B,)
-        checked = self.alive & ~self.stop_now  # the new token is monitored
-        finished = torch.isin(new_tok, self.eos) if self.eos.numel() else torch.zeros_like(checked)
+        # (B, 1) throughout: the column just sampled. Its token is monitored unless the row
+        # ended (stop_now is all false unless the host set it, which it knows)
+        checked = self.alive & ~self.stop_now[:, None] if self.stop_pending else self.alive
+        finished = torch.isin(input_ids[:, -1:], self.eos) if self.eos.numel() else None
         if done is not None:
-            finished = finished | done.to(self.device)
-        self.alive = checked & ~finished
-        self.valid_all = torch.cat([self.valid_all, checked[:, None]], dim=1)  # (B, L + 1)
-        self.stop_now = torch.zeros_like(self.stop_now)
-        self.stop_pending = False
-        return self.halted.clone()
+            done = done.to(self.device, torch.bool)[:, None]
+            finished = done if finished is None else finished | done
+        self.alive = checked if finished is None else checked > finished  # & ~finished
+        self._valid.append(checked)
+        if self.stop_pending:
+            self.stop_now = torch.zeros_like(self.stop_now)
+            self.stop_pending = False
+        return self.halted  # never changed in place (see _halt)
 
     def finish(self) -> MonitorReport:
         """Mark the report complete and tell the dispatcher."""
@@ -349,3 +393,8 @@ class Session(HostSide):
         except Exception as exc:
             log_safely("error", "monitor.dispatch_failed", error=f"{type(exc).__name__}: {exc}")
         return self.report
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``, without dispatching a copy when it already is."""
+    return t if t.device == device else t.to(device)
