@@ -34,13 +34,15 @@ class _Level:
 
 
 class Circuit:
-    """Rule conditions and exceptions of ``t`` (already on its device)."""
+    """Rule conditions and exceptions of ``t`` (already on its device; ``cpu`` is the same
+    tensors on the CPU, read to decide the shape without a device sync)."""
 
-    def __init__(self, t: PolicyTensors, n_exceptions: int) -> None:
+    def __init__(self, cpu: PolicyTensors, t: PolicyTensors, n_exceptions: int) -> None:
         self.t = t
         self.has_exceptions = n_exceptions > 0
         dev = t.rule_cond.device
-        self.direct = not t.levels and not self.has_exceptions and bool((t.rule_cond >= 2).all())
+        literal = bool((cpu.rule_cond >= 2).all())  # every condition is a single literal
+        self.direct = not t.levels and not self.has_exceptions and literal
         if self.direct:
             lit = t.rule_cond - 2  # (R,) literal of each rule's condition
             self.src, self.thr = t.lit_src[lit], t.lit_thr[lit]

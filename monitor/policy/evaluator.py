@@ -104,7 +104,7 @@ class Evaluator:
             R = self.compiled.R
             # Tie-break key per rule: severity first, then earlier rules win.
             self._keys[device] = t.severity * R + (R - 1 - torch.arange(R, device=device))
-            self._circuit[device] = Circuit(t, len(self.compiled.exceptions))
+            self._circuit[device] = Circuit(self.compiled.tensors, t, len(self.compiled.exceptions))
             self._temporal[device] = Temporal(self.compiled, t)
             self._on[device] = t
         return self._on[device]

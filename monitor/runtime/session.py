@@ -79,6 +79,7 @@ class Session(HostSide):
         self.contexts = list(contexts)
         self.state = binding.evaluator.new_state(B, self.device, self.contexts)
         self._valid = [mask.to(torch.bool)]  # (B, L_i) chunks: validity of every column so far
+        self._valid_len = L0  # columns in those chunks
         # host lower bound of state.pos per row: rows past their first token need no mask
         self._pos_floor = [0] * B
         self._all_started = False  # every row is past its first token
@@ -148,13 +149,9 @@ class Session(HostSide):
         """(B, n) validity of columns ``[start, start + n)``: a decode step's column is the
         chunk the stopping criterion appended, without a concatenation."""
         last = self._valid[-1]
-        if start + n == self.valid_len and n == last.shape[1]:
+        if start + n == self._valid_len and n == last.shape[1]:
             return last
         return self.valid_all[:, start : start + n]
-
-    @property
-    def valid_len(self) -> int:
-        return sum(v.shape[1] for v in self._valid)
 
     def on_hook(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
         """Layer hook: encode the new columns; the last hook point evaluates and edits."""
@@ -380,6 +377,7 @@ class Session(HostSide):
             finished = done if finished is None else finished | done
         self.alive = checked if finished is None else checked > finished  # & ~finished
         self._valid.append(checked)
+        self._valid_len += 1
         if self.stop_pending:
             self.stop_now = torch.zeros_like(self.stop_now)
             self.stop_pending = False
