@@ -4,7 +4,7 @@ Why count ops. On a CPU every eager tensor op costs several microseconds of disp
 its size; the monitor's tensors are tiny (a ``(B, 1, K)`` encode, ``(B, 1, R)`` rule state), so
 its per-token overhead is, to first order, its op count. Issue #6's target (monitored ≥ 0.97 ×
 unmonitored tokens/s on SmolLM2-135M, ≈ 52 ms per token at batch 1) leaves ≈ 1.6 ms per token.
-The default policy used to dispatch 223 ops per decode step (≈ 2 ms); it now takes 47. A
+The default policy used to dispatch 223 ops per decode step (≈ 2 ms); it now takes 46. A
 wall-clock assert would be flaky on shared CPUs; the op count is exact and deterministic.
 
 How. ``torch.profiler`` counts top-level ``aten::`` ops of a monitored ``generate`` minus the
