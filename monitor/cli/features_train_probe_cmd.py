@@ -20,9 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     feats = parser.add_mutually_exclusive_group()
     feats.add_argument("--features", metavar="LIST", help="indices or catalog names, commas")
     feats.add_argument(
-        "--top", type=int, default=64, help="use the N best features by contrast AUC (default: 64)"
+        "--top", type=int, default=64, help="select the N best features (default: 64)"
     )
-    add_stack_args(parser)
+    parser.add_argument(
+        "--select",
+        choices=["auc", "greedy"],
+        default="auc",
+        help="with --top: auc = best single-feature contrast AUC; greedy = matching pursuit on "
+        "the probe's own objective (refit, add the features with the largest loss gradient)",
+    )
+    add_stack_args(parser, span="all")
     parser.add_argument(
         "--pool",
         choices=["max", "mean"],
@@ -30,13 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="max: peak per-token score (pooling token); mean: running mean",
     )
     parser.add_argument("--penalty", choices=["l1", "l2"], default="l2")
+    parser.add_argument(
+        "--for",
+        dest="sustain",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train and calibrate for a rule with `for: N` (score held on N consecutive tokens)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="CV folds (default: 5)")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument(
         "--calibration-negative",
         metavar="SPEC",
-        help="held-out negatives for the threshold (e.g. "
-        "data/detection:benign:dev); default: out-of-fold training negatives",
+        help="negatives for the threshold (e.g. data/detection:plain_benign:dev); those that "
+        "are also training negatives are scored out of fold; default: every training negative, "
+        "out of fold",
     )
     parser.add_argument("--replace", action="store_true", help="overwrite a probe of that name")
     parser.add_argument("--allow-test", action="store_true", help="allow test-split items")
@@ -63,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         features=args.features,
         top=args.top,
+        select=args.select,
         pool=args.pool,
         span=args.span,
         penalty=args.penalty,
+        sustain=args.sustain,
         k=args.folds,
         target_fpr=args.target_fpr,
         calibration=sets.get("calibration_negative"),
@@ -76,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
         print(dump_json(out))
         return 0
     cal = out["calibration"]
+    held = f", held for {out['sustain']} tokens" if out["sustain"] > 1 else ""
     print(
-        f"probe {out['probe']} ({len(out['features'])} features, pooling {out['pooling']}) "
+        f"probe {out['probe']} ({len(out['features'])} features, pooling {out['pooling']}{held}) "
         f"→ {out['catalog']}"
     )
     for lam, (m, sd) in out["cv_auc"].items():
@@ -86,5 +105,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  threshold {out['threshold']:.6g} ({out['link']}); FPR {cal['calibration_fpr']:.3f} "
         f"on {cal['calibration_source']}; out-of-fold recall {cal['oof_recall']:.3f}"
+        + (f"; use it in a rule with `for: {out['sustain']}`" if out["sustain"] > 1 else "")
     )
     return 0

@@ -11,11 +11,15 @@ token counts with all features at 0 (``ignore_first_token``), and ``scope``, win
 cooldowns and exceptions act exactly as at runtime. A rule *detects* an item when the runtime
 reports a match for it (one entry of ``fired``).
 
-For AUC and recall-at-FPR each rule also gets a continuous score: the maximum, over the tokens
-in the rule's scope, of its condition's *margin* computed from the runtime's per-token feature
-values and probe scores (literal ``value − threshold``, probe ``logit − threshold``; ``any`` →
-max, ``all`` → min, ``not`` → negation, ``count ≥ N`` → N-th largest), so margin > 0 exactly
-where the condition holds (exceptions and windows are not in the margin).
+For AUC and recall-at-FPR each rule also gets a continuous score from its condition's *margin*
+per token, computed from the runtime's per-token feature values and probe scores (literal
+``value − threshold``, probe ``logit − threshold``; ``any`` → max, ``all`` → min, ``not`` →
+negation, ``count ≥ N`` → N-th largest), so margin > 0 exactly where the condition holds; a
+window takes the ``at_least``-th largest margin of its last ``of_last`` tokens and ``for: F`` the
+lowest of the last F, over the rule's tokens in scope (prompt, then completion); the score is the
+maximum of that over the row (exceptions, cooldown and hold are not in it). Per harm category
+with more than one enforce rule labelled ``category: <name>``, a ``(<name> rules)`` detector is
+their union (fired when any fired; score the highest).
 
 Baseline (the research caution in REFERENCE.md): per category, an L2 logistic regression on the
 hooked activations mean-pooled over the scored ``span`` (:mod:`sae.discovery.activations`; the
@@ -42,7 +46,7 @@ from monitor.policy.compiled import CompiledPolicy
 from sae.discovery.activations import Scored, Stack, encode_items
 from sae.discovery.data import HARMFUL, Item, load_detection
 from sae.discovery.metrics import auc, recall_at_fpr, wilson
-from sae.discovery.probe import TokenBatch, fit_cv, row_scores
+from sae.discovery.probe import TokenBatch, fit_cv, row_scores, sustained_peak
 
 if TYPE_CHECKING:
     from monitor.runtime.textscan import ScannedRow
@@ -145,41 +149,79 @@ def scan_items(
     return [r for r in out if r is not None]
 
 
+def _windowed(m: torch.Tensor, mask: torch.Tensor, rule: s.Rule) -> torch.Tensor:
+    """``(N,)``: the rule's score from its per-token margins ``m (N, T)`` over its own tokens
+    (right-padded ``mask``): a window takes the ``at_least``-th largest margin of the last
+    ``of_last`` tokens, ``for: F`` the lowest of the last F (the evaluator's temporal logic
+    before exceptions, cooldown and hold); then the maximum over the row."""
+    m = m.masked_fill(~mask, -math.inf)
+    if rule.window is not None and rule.window.of_last > 1:
+        M, n = rule.window.of_last, rule.window.at_least
+        padded = torch.nn.functional.pad(m, (M - 1, 0), value=-math.inf)  # (N, T + M - 1)
+        win = padded.unfold(1, M, 1)  # (N, T, M): the last M tokens at each token
+        m = win.topk(min(n, M), dim=-1).values[..., -1].masked_fill(~mask, -math.inf)
+    return sustained_peak(m, mask, rule.for_)[0]
+
+
 def rule_detectors(cp: CompiledPolicy, rows: Sequence[ScannedRow]) -> list[Detector]:
-    """Every rule (plus "any rule") as a detector over items scanned by the runtime
-    (:func:`scan_items`): fired = the runtime reported a match; score = max margin in scope."""
+    """Every rule (plus "any rule", and per harm category the union of its enforce rules) as
+    a detector over items scanned by the runtime (:func:`scan_items`): fired = the runtime
+    reported a match; score = the condition's margin (module doc) through the rule's window
+    and ``for``, maximised over the rule's tokens (prompt, then completion, as scoped)."""
     N, R = len(rows), cp.R
     index = {rule.id: r for r, rule in enumerate(cp.rules)}
     fired = torch.zeros(N, R, dtype=torch.bool)
     for i, row in enumerate(rows):
         for f in row.report.fired:
             fired[i, index[f.rule]] = True
-    score = torch.full((N, R), -math.inf)
     t = cp.tensors
+    phases = {}
     for phase in ("prompt", "completion"):
         acts = [r.prompt_acts if phase == "prompt" else r.completion_acts for r in rows]
         probes = [r.prompt_probes if phase == "prompt" else r.completion_probes for r in rows]
-        keep = [i for i, a in enumerate(acts) if a.shape[0]]
-        if not keep:
-            continue
-        batch = TokenBatch.from_rows([acts[i] for i in keep])  # (B, T, K)
-        ps = torch.zeros(len(keep), batch.x.shape[1], cp.P)  # (B, T, P)
-        for j, i in enumerate(keep):
+        lengths = torch.tensor([a.shape[0] for a in acts])  # (N,)
+        T = max(int(lengths.max()) if N else 0, 1)
+        x = torch.zeros(N, T, cp.K)  # (N, T, K)
+        ps = torch.zeros(N, T, cp.P)  # (N, T, P)
+        for i, a in enumerate(acts):
+            x[i, : a.shape[0]] = a
             p = probes[i]
             if p is not None and p.shape[0]:
-                ps[j, : p.shape[0]] = p
-        scope = t.in_prompt if phase == "prompt" else t.in_completion  # (R,)
-        for r, rule in enumerate(cp.rules):
-            if not bool(scope[r]):
-                continue
-            m = _margin(rule.spec.condition, cp, batch.x, ps)  # (B, T)
-            m = m.masked_fill(~batch.mask, -math.inf).amax(dim=1)
-            score[keep, r] = torch.maximum(score[keep, r], m)
+                ps[i, : p.shape[0]] = p
+        phases[phase] = (x, ps, lengths)
+    score = torch.full((N, R), -math.inf)
+    for r, rule in enumerate(cp.rules):
+        parts = []
+        for phase, on in (("prompt", t.in_prompt[r]), ("completion", t.in_completion[r])):
+            if bool(on):
+                x, ps, lengths = phases[phase]
+                parts.append((_margin(rule.spec.condition, cp, x, ps), lengths))  # (N, T)
+        seqs = [torch.cat([m[i, : int(n[i])] for m, n in parts]) for i in range(N)]
+        keep = [i for i, q in enumerate(seqs) if q.numel()]
+        if keep:
+            b = TokenBatch.from_rows([seqs[i].unsqueeze(-1) for i in keep])
+            score[keep, r] = _windowed(b.x[..., 0], b.mask, rule.spec)
     dets = [
         Detector(rule.id, _kind(rule.spec.condition), fired[:, r], score[:, r])
         for r, rule in enumerate(cp.rules)
     ]
     dets.append(Detector("(any rule)", "any-rule", fired.any(dim=1), None))
+    for c in HARMFUL:
+        cols = [
+            r
+            for r, rule in enumerate(cp.rules)
+            if rule.mode == "enforce" and rule.spec.labels.get("category") == c
+        ]
+        if len(cols) > 1:  # one rule is already in the table
+            dets.append(
+                Detector(
+                    f"({c} rules)",
+                    "category",
+                    fired[:, cols].any(dim=1),
+                    score[:, cols].amax(dim=1),
+                    c,
+                )
+            )
     return dets
 
 

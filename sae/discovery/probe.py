@@ -2,17 +2,26 @@
 
 Per token t of a row the evaluator computes the logit ``z_t = x_t · w + b`` (``x_t`` the
 probe's K features). With ``pooling: token`` a rule's literal reads ``z_t``; with ``pooling:
-mean`` it reads the running mean ``(z_1 + … + z_t) / t``. A rule fires on a row when the literal
-is above the threshold at *any* token, so the row's score is
+mean`` it reads the running mean ``m_t = (z_0 + … + z_t) / (t + 1)``. A rule fires on a row when
+its literal holds at *any* token — and, with ``for: N``, on N consecutive tokens — so the row's
+score is
 
-    row(x) = max_t z_t                   (pool "max"  → serialised pooling "token")
-    row(x) = max_t mean(z_1 … z_t)       (pool "mean" → serialised pooling "mean")
+    row(x) = max_t min(s_{t-N+1} … s_t)     s = z (pool "max" → pooling "token")
+                                             s = m (pool "mean" → pooling "mean")
 
-and that is what we train (balanced logistic loss on ``row``, L1 or L2 penalty, L-BFGS),
+(``sustain`` = N; N = 1 is the plain peak; a row shorter than N never fires: score −inf), and
+that is what we train (balanced logistic loss on ``row``, L1 or L2 penalty, L-BFGS),
 cross-validate (stratified k-fold AUC of ``row``) and calibrate (threshold at a target FPR on
-negative rows). :func:`token_scores` mirrors ``Evaluator.conditions`` operation for operation.
-Features are standardised for the fit (so one penalty suits all scales) and the scaling is
-folded back into ``w`` and ``b``, which is exact because the score is linear per token.
+negative rows). :func:`token_scores` mirrors ``Evaluator.conditions`` operation for operation;
+rows must hold every token the runtime scores, the row's first token included (all features 0,
+as ``ignore_first_token`` makes it). Features are standardised for the fit (so one penalty
+suits all scales) and the scaling is folded back into ``w`` and ``b``, which is exact because the
+score is linear per token.
+
+:func:`greedy_select` picks features for a probe by orthogonal matching pursuit on this same
+objective: refit on the features chosen so far, then add the features whose weight has the
+largest standardised loss gradient (the pooled value of each feature at the token that decides
+each row's score).
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ import torch
 from sae.discovery.metrics import auc, threshold_at_fpr
 
 POOL_TO_SPEC = {"max": "token", "mean": "mean"}
-DEFAULT_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
+_NEVER = -30.0  # training stand-in for a row that cannot fire (shorter than ``sustain``)
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,35 @@ def token_scores(
     return z
 
 
+def sustained_peak(s: torch.Tensor, mask: torch.Tensor, n: int = 1) -> tuple[torch.Tensor, ...]:
+    """``(peak (N,), token (N,))``: the highest ``min(s_{t-n+1} … s_t)`` over each row's valid
+    windows of ``n`` tokens (right-padded rows), and the token inside the best window where that
+    minimum sits (the token that decides the row's score). −inf and token 0 for a row with fewer
+    than ``n`` valid tokens."""
+    N, T = s.shape
+    if n <= 1:
+        v = s.masked_fill(~mask, -math.inf)
+        best = v.argmax(dim=1)  # (N,)
+        return v.gather(1, best[:, None]).squeeze(1), best
+    if n > T:
+        return torch.full((N,), -math.inf), torch.zeros(N, dtype=torch.long)
+    win = s.unfold(1, n, 1)  # (N, T-n+1, n): window j covers tokens j … j+n-1
+    mins, arg = win.min(dim=-1)  # (N, T-n+1)
+    ok = mask[:, n - 1 :]  # window ends on a valid token (rows are right-padded)
+    mins = mins.masked_fill(~ok, -math.inf)
+    j = mins.argmax(dim=1)  # (N,)
+    peak = mins.gather(1, j[:, None]).squeeze(1)
+    tok = j + arg.gather(1, j[:, None]).squeeze(1)
+    return peak, torch.where(torch.isfinite(peak), tok, torch.zeros_like(tok))
+
+
 def row_scores(
-    batch: TokenBatch, w: torch.Tensor, b: torch.Tensor | float, pool: str
+    batch: TokenBatch, w: torch.Tensor, b: torch.Tensor | float, pool: str, sustain: int = 1
 ) -> torch.Tensor:
-    """``(N,)``: the highest per-token score over each row's valid tokens (see module doc)."""
+    """``(N,)``: each row's score (module doc): the peak per-token score, held for ``sustain``
+    consecutive tokens."""
     z = token_scores(batch.x, batch.mask, w, b, POOL_TO_SPEC[pool])
-    return z.masked_fill(~batch.mask, -math.inf).amax(dim=1)
+    return sustained_peak(z, batch.mask, sustain)[0]
 
 
 def _standardiser(batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +117,13 @@ def _standardiser(batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, torch.where(sd > 1e-8, sd, torch.ones_like(sd))
 
 
+def balanced_weights(y: torch.Tensor) -> torch.Tensor:
+    """``(N,)``: each class carries half of the total weight."""
+    yf = y.float()
+    n_pos, n_neg = float(yf.sum()), float((1 - yf).sum())
+    return torch.where(yf > 0, 0.5 / max(n_pos, 1.0), 0.5 / max(n_neg, 1.0))
+
+
 def fit(
     batch: TokenBatch,
     y: torch.Tensor,
@@ -91,6 +131,7 @@ def fit(
     pool: str = "max",
     penalty: str = "l2",
     lam: float = 1e-3,
+    sustain: int = 1,
     max_iter: int = 150,
 ) -> tuple[torch.Tensor, float]:
     """Fit ``(w (K,), b)`` by balanced logistic loss on :func:`row_scores` plus
@@ -98,9 +139,14 @@ def fit(
     mu, sd = _standardiser(batch)
     z = TokenBatch((batch.x - mu) / sd, batch.mask)
     yf = y.float()
-    n_pos, n_neg = float(yf.sum()), float((1 - yf).sum())
-    weight = torch.where(yf > 0, 0.5 / max(n_pos, 1.0), 0.5 / max(n_neg, 1.0))  # (N,) balanced
-    v = torch.zeros(batch.x.shape[-1], requires_grad=True)
+    weight = balanced_weights(y)  # (N,)
+    # Start from the class-mean difference of the rows' mean features: at v = 0 every token
+    # ties, the peak sits on each row's first token and the gradient can vanish.
+    vf = z.mask.unsqueeze(-1).float()  # (N, T, 1)
+    row_mean = (z.x * vf).sum(1) / vf.sum(1).clamp_min(1.0)  # (N, K)
+    d = row_mean[yf > 0].mean(0) - row_mean[yf == 0].mean(0) if 0 < yf.sum() < len(yf) else None
+    v0 = torch.zeros(batch.x.shape[-1]) if d is None else 0.1 * d / d.norm().clamp_min(1e-8)
+    v = v0.clone().requires_grad_(True)
     c = torch.zeros((), requires_grad=True)
     opt = torch.optim.LBFGS(
         [v, c], max_iter=max_iter, tolerance_change=1e-7, line_search_fn="strong_wolfe"
@@ -108,7 +154,8 @@ def fit(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        s = row_scores(z, v, c, pool)
+        s = row_scores(z, v, c, pool, sustain)
+        s = torch.where(torch.isfinite(s), s, torch.full_like(s, _NEVER))
         loss = (
             torch.nn.functional.binary_cross_entropy_with_logits(s, yf, reduction="none") * weight
         ).sum()
@@ -146,6 +193,7 @@ class ProbeFit:
     threshold: float  # on the logit scale: fire when row score > threshold
     cv: dict[float, tuple[float, float]] = field(default_factory=dict)  # lam → (AUC mean, std)
     calibration: dict[str, float | str] = field(default_factory=dict)
+    sustain: int = 1  # the rule's `for:` this probe was trained and calibrated for
 
     @property
     def spec_pooling(self) -> str:
@@ -162,13 +210,16 @@ def fit_cv(
     k: int = 5,
     target_fpr: float = 0.05,
     calib: TokenBatch | None = None,
+    calib_rows: torch.Tensor | None = None,
+    sustain: int = 1,
     seed: int = 0,
 ) -> ProbeFit:
     """Choose the penalty by stratified k-fold AUC, refit on everything, calibrate.
 
-    The threshold puts at most ``target_fpr`` of the calibration negatives above it: ``calib``
-    (held-out negative rows, e.g. the dev split) when given, else the out-of-fold scores of the
-    training negatives under the chosen penalty.
+    The threshold puts at most ``target_fpr`` of the calibration negatives above it. Those are
+    ``calib`` (held-out negative rows, scored by the final probe) and/or ``calib_rows`` (indices
+    of training rows, scored out of fold under the chosen penalty); with neither, the out-of-fold
+    scores of every training negative.
     """
     fold = folds(y, k, seed)
     cv: dict[float, tuple[float, float]] = {}
@@ -177,23 +228,28 @@ def fit_cv(
         scores, aucs = torch.zeros(y.numel()), []
         for f in range(k):
             tr, te = (fold != f).nonzero().flatten(), (fold == f).nonzero().flatten()
-            w, b = fit(batch.take(tr), y[tr], pool=pool, penalty=penalty, lam=lam)
-            scores[te] = row_scores(batch.take(te), w, b, pool)
+            w, b = fit(batch.take(tr), y[tr], pool=pool, penalty=penalty, lam=lam, sustain=sustain)
+            scores[te] = row_scores(batch.take(te), w, b, pool, sustain)
             if 0 < int(y[te].sum()) < te.numel():
                 aucs.append(float(auc(scores[te][y[te] == 1], scores[te][y[te] == 0])))
         t = torch.tensor(aucs or [float("nan")])
         cv[lam] = (float(t.mean()), float(t.std()) if len(aucs) > 1 else 0.0)
         oof[lam] = scores
     best = max(lambdas, key=lambda lam: (cv[lam][0], lam))  # ties → the stronger penalty
-    w, b = fit(batch, y, pool=pool, penalty=penalty, lam=best)
+    w, b = fit(batch, y, pool=pool, penalty=penalty, lam=best, sustain=sustain)
+    parts, sources = [], []
+    if calib_rows is not None and calib_rows.numel():
+        parts.append(oof[best][calib_rows])
+        sources.append(f"{calib_rows.numel()} training negatives out of fold")
     if calib is not None:
-        neg = row_scores(calib, w, b, pool)
-        source = "held-out negatives"
-    else:
-        neg = oof[best][y == 0]
-        source = "out-of-fold training negatives"
+        parts.append(row_scores(calib, w, b, pool, sustain))
+        sources.append(f"{calib.x.shape[0]} held-out negatives")
+    if not parts:
+        parts.append(oof[best][y == 0])
+        sources.append("out-of-fold training negatives")
+    neg = torch.cat(parts)
     thr = threshold_at_fpr(neg, target_fpr)
-    train = row_scores(batch, w, b, pool)
+    train = row_scores(batch, w, b, pool, sustain)
     pos_oof = oof[best][y == 1]
     return ProbeFit(
         w,
@@ -207,11 +263,102 @@ def fit_cv(
             "target_fpr": target_fpr,
             "calibration_fpr": float((neg > thr).float().mean()),
             "calibration_negatives": float(neg.numel()),
-            "calibration_source": source,
+            "calibration_source": " + ".join(sources),
             "train_recall": float((train[y == 1] > thr).float().mean()),
             "oof_recall": float((pos_oof > thr).float().mean()),
         },
+        sustain,
     )
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """Per-token values of *every* feature for N rows, as coordinates: entry i is the value
+    ``val[i]`` of feature ``feat[i]`` at token ``pos[i]`` of row ``row[i]``; ``lengths (N,)``
+    counts each row's tokens (tokens without entries are all-zero, e.g. the first)."""
+
+    row: torch.Tensor  # (M,) long
+    pos: torch.Tensor  # (M,) long
+    feat: torch.Tensor  # (M,) long
+    val: torch.Tensor  # (M,) float32
+    lengths: torch.Tensor  # (N,) long
+    n_features: int
+
+    @staticmethod
+    def from_dense(rows: Sequence[torch.Tensor]) -> SparseRows:
+        """``rows``: one ``(S_i, F)`` tensor per row."""
+        parts = []
+        for i, r in enumerate(rows):
+            nz = r.nonzero()  # (m, 2)
+            parts.append((torch.full((nz.shape[0],), i), nz[:, 0], nz[:, 1], r[nz[:, 0], nz[:, 1]]))
+        cat = [torch.cat([p[j] for p in parts]) for j in range(4)]
+        lengths = torch.tensor([r.shape[0] for r in rows])
+        return SparseRows(
+            cat[0].long(), cat[1].long(), cat[2].long(), cat[3].float(), lengths, rows[0].shape[1]
+        )
+
+    def columns(self, idx: Sequence[int]) -> TokenBatch:
+        """The rows restricted to features ``idx`` (in that order), as a :class:`TokenBatch`."""
+        col = torch.full((self.n_features,), -1, dtype=torch.long)
+        col[torch.as_tensor(list(idx), dtype=torch.long)] = torch.arange(len(idx))
+        keep = col[self.feat] >= 0
+        N, T = self.lengths.numel(), int(self.lengths.max())
+        x = torch.zeros(N, T, len(idx))
+        x[self.row[keep], self.pos[keep], col[self.feat[keep]]] = self.val[keep]
+        mask = torch.arange(T)[None, :] < self.lengths[:, None]  # (N, T)
+        return TokenBatch(x, mask)
+
+    def pooled_at(self, tok: torch.Tensor, spec_pool: str) -> torch.Tensor:
+        """``(N, F)``: every feature's pooled value at token ``tok[i]`` of row i: the value there
+        (``token``) or the running mean up to it (``mean``)."""
+        t = tok[self.row]  # (M,)
+        keep = self.pos == t if spec_pool == "token" else self.pos <= t
+        out = torch.zeros(self.lengths.numel(), self.n_features)
+        out.index_put_((self.row[keep], self.feat[keep]), self.val[keep], accumulate=True)
+        if spec_pool == "mean":
+            out = out / (tok + 1).unsqueeze(1).float()
+        return out
+
+
+def greedy_select(
+    rows: SparseRows,
+    y: torch.Tensor,
+    k: int,
+    *,
+    pool: str = "mean",
+    sustain: int = 1,
+    lam: float = 0.1,
+    step: int = 4,
+    exclude: Sequence[int] = (),
+) -> list[int]:
+    """``k`` feature indices by orthogonal matching pursuit on the probe objective (module
+    doc): each round refits an L2 probe (penalty ``lam``) on the features chosen so far and adds
+    the ``step`` features with the largest ``|∂ loss / ∂ w_j|`` per unit of standard deviation,
+    where row i's gradient is taken at the token that decides its score."""
+    yf = y.float()
+    weight = balanced_weights(y)  # (N,)
+    spec = POOL_TO_SPEC[pool]
+    chosen: list[int] = []
+    banned = torch.zeros(rows.n_features, dtype=torch.bool)
+    banned[torch.as_tensor(list(exclude), dtype=torch.long)] = True
+    while len(chosen) < k:
+        if chosen:
+            b = rows.columns(chosen)
+            w, c = fit(b, y, pool=pool, lam=lam, sustain=sustain)
+            z = token_scores(b.x, b.mask, w, c, spec)
+            peak, tok = sustained_peak(z, b.mask, sustain)
+            p = torch.sigmoid(peak.clamp_min(_NEVER))
+        else:  # no feature yet: every row scores the same, decided at its last token
+            tok, p = rows.lengths - 1, torch.full((y.numel(),), 0.5)
+        g_rows = rows.pooled_at(tok, spec)  # (N, F)
+        grad = ((weight * (p - yf)).unsqueeze(1) * g_rows).sum(0)  # (F,)
+        score = grad.abs() / g_rows.std(0).clamp_min(1e-6)
+        score[banned] = -1.0
+        if chosen:
+            score[torch.tensor(chosen)] = -1.0
+        take = min(step, k - len(chosen))
+        chosen += score.argsort(descending=True)[:take].tolist()
+    return chosen
 
 
 def logistic_threshold(logit: float) -> tuple[str, float]:

@@ -1,5 +1,10 @@
 """``features train-probe`` end to end: choose features, encode, fit with CV, calibrate, and
-write the probe into a catalog as a :class:`~monitor.policy.catalog.ProbeSpec`."""
+write the probe into a catalog as a :class:`~monitor.policy.catalog.ProbeSpec`.
+
+With span ``all`` (the runtime's view) each row starts with the token the runtime scores with
+every feature at 0 (position 0, ``ignore_first_token``), so the probe is trained on exactly the
+tokens, running means and ``for`` windows the policy evaluator will see.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,33 @@ from sae.discovery import catalog_io as cio
 from sae.discovery.activations import Stack, encode_items
 from sae.discovery.contrast import pooled_features, rank_features
 from sae.discovery.data import Item, items_sha256
-from sae.discovery.probe import DEFAULT_LAMBDAS, ProbeFit, TokenBatch, fit_cv, logistic_threshold
+from sae.discovery.probe import (
+    DEFAULT_LAMBDAS,
+    ProbeFit,
+    SparseRows,
+    TokenBatch,
+    fit_cv,
+    greedy_select,
+    logistic_threshold,
+)
 from sae.errors import FeatureguardError
+
+SELECTIONS = ("auc", "greedy")
 
 
 def resolve_features(spec: str, cat: Catalog) -> list[int]:
-    """``"12,407,scam_email"``: indices, or names of features in the catalog."""
+    """``"12,407,scam_email,probe:scam_probe"``: indices, names of features in the catalog, or
+    ``probe:NAME`` for every feature of a probe already in the catalog (in its order)."""
     by_name = {f.name: f.index for f in cat.features}
     out = []
     for tok in (t.strip() for t in spec.split(",") if t.strip()):
         if tok.isdigit():
             out.append(int(tok))
+        elif tok.startswith("probe:"):
+            probe = cat.probes.get(tok[len("probe:") :])
+            if probe is None:
+                raise FeatureguardError(f"--features: the catalog has no probe '{tok[6:]}'")
+            out += [by_name[n] for n in probe.features]
         elif tok in by_name:
             out.append(by_name[tok])
         else:
@@ -32,15 +53,43 @@ def resolve_features(spec: str, cat: Catalog) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def _lead(values: torch.Tensor, span: str) -> torch.Tensor:
+    """Prepend the runtime's first token (all features 0) to a span that starts there."""
+    if span != "all":
+        return values
+    return torch.cat([torch.zeros(1, values.shape[1]), values])  # (S + 1, F)
+
+
 def token_rows(
-    stack: Stack, items: Sequence[Item], idx: list[int], span: str
+    stack: Stack, items: Sequence[Item], idx: list[int] | None, span: str
 ) -> list[torch.Tensor]:
-    """Per-token values ``(S, K)`` of the chosen features; items with no scored token dropped."""
-    return [
-        sc.values
-        for sc in encode_items(stack, items, span=span, features=idx)
-        if sc.values.shape[0]
+    """Per-token values ``(S, K)`` of the chosen features (all ``d_sae`` when ``idx`` is None),
+    as the runtime scores them (module doc), one row per item."""
+    rows = [_lead(sc.values, span) for sc in encode_items(stack, items, span=span, features=idx)]
+    empty = [it.id for it, r in zip(items, rows, strict=True) if not r.shape[0]]
+    if empty:
+        raise FeatureguardError(
+            f"{len(empty)} item(s) have no token to score in span {span!r} (first: {empty[0]})",
+            hint="drop them, or use span 'all'",
+        )
+    return rows
+
+
+def sparse_rows(stack: Stack, items: Sequence[Item], span: str, chunk: int = 64) -> SparseRows:
+    """Every feature of every item (for :func:`greedy_select`), ``chunk`` items at a time."""
+    parts = [
+        SparseRows.from_dense(token_rows(stack, items[i : i + chunk], None, span))
+        for i in range(0, len(items), chunk)
     ]
+    offs = torch.cumsum(torch.tensor([0] + [p.lengths.numel() for p in parts[:-1]]), 0)
+    return SparseRows(
+        torch.cat([p.row + o for p, o in zip(parts, offs, strict=True)]),
+        torch.cat([p.pos for p in parts]),
+        torch.cat([p.feat for p in parts]),
+        torch.cat([p.val for p in parts]),
+        torch.cat([p.lengths for p in parts]),
+        parts[0].n_features,
+    )
 
 
 def probe_spec(fit: ProbeFit, names: list[str], sha256: str, description: str) -> ProbeSpec:
@@ -57,6 +106,40 @@ def probe_spec(fit: ProbeFit, names: list[str], sha256: str, description: str) -
     )
 
 
+def _select(
+    stack: Stack,
+    positive: Sequence[Item],
+    negative: Sequence[Item],
+    *,
+    how: str,
+    top: int,
+    pool: str,
+    span: str,
+    sustain: int,
+) -> list[int]:
+    if how == "greedy":
+        rows = sparse_rows(stack, [*positive, *negative], span)
+        y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).long()
+        return greedy_select(rows, y, top, pool=pool, sustain=sustain)
+    # top features by contrast AUC on the training texts themselves
+    p = pooled_features(stack, positive, how=pool, span=span)
+    n = pooled_features(stack, negative, how=pool, span=span)
+    return [r.index for r in rank_features(p.values, n.values, top=top)]
+
+
+def _calibration(
+    calibration: Sequence[Item] | None, training: Sequence[Item], n_pos: int
+) -> tuple[list[Item], torch.Tensor | None]:
+    """Split calibration items into held-out ones and (row indices of) training negatives,
+    which are scored out of fold."""
+    if not calibration:
+        return [], None
+    key = {(it.id, it.body()): i for i, it in enumerate(training)}
+    inside = [key[(it.id, it.body())] for it in calibration if (it.id, it.body()) in key]
+    held = [it for it in calibration if (it.id, it.body()) not in key]
+    return held, torch.tensor([n_pos + i for i in inside], dtype=torch.long)
+
+
 def train_probe(
     stack: Stack,
     positive: Sequence[Item],
@@ -66,27 +149,36 @@ def train_probe(
     name: str,
     features: str | None = None,
     top: int = 64,
+    select: str = "auc",
     pool: str = "max",
     span: str = "user",
     penalty: str = "l2",
+    sustain: int = 1,
     k: int = 5,
     target_fpr: float = 0.05,
     calibration: Sequence[Item] | None = None,
     replace: bool = False,
     sources: tuple[str, str, str | None] = ("", "", None),
 ) -> dict[str, Any]:
-    """Train, calibrate and catalog a probe; returns a JSON-able summary."""
+    """Train, calibrate and catalog a probe; returns a JSON-able summary.
+
+    Calibration items that are also training negatives are scored out of fold, the others by
+    the final probe (:func:`~sae.discovery.probe.fit_cv`).
+    """
+    if select not in SELECTIONS:
+        raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
     cat = cio.open_catalog(catalog, stack)
     if features:
         idx = resolve_features(features, cat)
-    else:  # top features by contrast AUC on the training texts themselves
-        p = pooled_features(stack, positive, how=pool, span=span)
-        n = pooled_features(stack, negative, how=pool, span=span)
-        idx = [r.index for r in rank_features(p.values, n.values, top=top)]
+    else:
+        idx = _select(
+            stack, positive, negative, how=select, top=top, pool=pool, span=span, sustain=sustain
+        )
     pos, neg = token_rows(stack, positive, idx, span), token_rows(stack, negative, idx, span)
     batch = TokenBatch.from_rows(pos + neg)
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).long()
-    calib = TokenBatch.from_rows(token_rows(stack, calibration, idx, span)) if calibration else None
+    held, calib_rows = _calibration(calibration, negative, len(pos))
+    calib = TokenBatch.from_rows(token_rows(stack, held, idx, span)) if held else None
     fit = fit_cv(
         batch,
         y,
@@ -96,12 +188,17 @@ def train_probe(
         k=k,
         target_fpr=target_fpr,
         calib=calib,
+        calib_rows=calib_rows,
+        sustain=sustain,
     )
     names = cio.names_for(cat, idx)
     best = fit.cv[fit.lam]
+    how = "given" if features else f"the {len(idx)} best by {select} selection"
     desc = (
-        f"{penalty.upper()} logistic probe on {len(idx)} features, {pool}-pooled over span "
-        f"{span}; lambda {fit.lam:g} by {k}-fold CV (AUC {best[0]:.3f} ± {best[1]:.3f}); "
+        f"{penalty.upper()} logistic probe on {len(idx)} features ({how}), {pool}-pooled over "
+        f"span {span}"
+        + (f", held for {sustain} tokens (use it with `for: {sustain}`)" if sustain > 1 else "")
+        + f"; lambda {fit.lam:g} by {k}-fold CV (AUC {best[0]:.3f} ± {best[1]:.3f}); "
         f"threshold at FPR {target_fpr:g} on {fit.calibration['calibration_source']} "
         f"(observed {float(fit.calibration['calibration_fpr']):.3f}); positives {len(pos)} "
         f"sha256:{items_sha256(positive)[:16]} ({sources[0]}), negatives {len(neg)} "
@@ -123,6 +220,7 @@ def train_probe(
         "weights": spec.weights,
         "bias": spec.bias,
         "pooling": spec.pooling,
+        "sustain": sustain,
         "link": spec.link,
         "threshold": spec.threshold,
         "threshold_logit": fit.threshold,

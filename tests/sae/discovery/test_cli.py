@@ -236,3 +236,32 @@ rules:
         capsys, "eval", "detection", "--policy", str(policy), "--data", str(det), "--no-baseline"
     )
     assert "FPR hard-neg" in text and "baseline" not in text
+
+
+def test_greedy_probe_held_for_n_tokens_and_a_probe_over_its_features(
+    tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sae, det, cat = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det", tiny_stack_dir / "c3.yaml"
+    common = ["--negative", f"{det}:benign:train", "--catalog", str(cat), "--sae", sae]
+    common += ["--folds", "3", "--json"]
+    first = json.loads(
+        _run(
+            capsys,
+            *["features", "train-probe", "--positive", f"{det}:scam:train", *common],
+            *["--name", "g", "--select", "greedy", "--top", "4", "--pool", "mean", "--for", "2"],
+            *["--calibration-negative", f"{det}:benign:train,dev"],
+        )
+    )
+    assert len(first["features"]) == 4 and first["sustain"] == 2
+    assert first["pooling"] == "mean"
+    # calibration: the 6 training negatives out of fold plus the 3 dev negatives held out
+    assert first["calibration"]["calibration_negatives"] == 9
+    assert "held for 2 tokens" in load_catalog(cat).probes["g"].description
+    second = json.loads(
+        _run(
+            capsys,
+            *["features", "train-probe", "--positive", f"{det}:scam:train", *common],
+            *["--name", "t", "--features", "probe:g"],
+        )
+    )
+    assert second["features"] == first["features"] and second["pooling"] == "token"

@@ -11,7 +11,7 @@ import torch
 from monitor.policy.evaluator import Evaluator
 from monitor.policy.loader import load_policy_text
 from sae.discovery.data import Item
-from sae.discovery.detection import Detector, _margin, summarize
+from sae.discovery.detection import Detector, _margin, _windowed, summarize
 
 POLICY = """
 version: 1
@@ -41,6 +41,38 @@ def test_margin_is_positive_exactly_where_the_condition_holds() -> None:
     cond, _, scores = ev.conditions(x, valid, ev.new_state(4))
     m = _margin(cp.rules[0].spec.condition, cp, x, scores)  # (B, T)
     assert torch.equal(m > 0, cond[..., 0]) and 0 < int(cond.sum()) < cond.numel()
+
+
+TEMPORAL = """
+version: 1
+policy: {name: t}
+saes:
+  main: {bundled: test-sae, d_sae: 64}
+features:
+  a: {index: 3}
+rules:
+  - {id: plain, severity: high, condition: {feature: a, above: 0.7}, actions: [{type: log}]}
+  - {id: held, severity: high, for: 3, condition: {feature: a, above: 0.5},
+     actions: [{type: log}]}
+  - {id: windowed, severity: high, window: {at_least: 2, of_last: 4},
+     condition: {feature: a, above: 0.75}, actions: [{type: log}]}
+"""
+
+
+def test_windowed_score_is_positive_exactly_where_the_temporal_rule_matches() -> None:
+    cp = load_policy_text(TEMPORAL, d_sae={"main": 64})
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(64, 12, cp.K, generator=g)  # (B, T, K)
+    lengths = torch.randint(1, 13, (64,), generator=g)
+    valid = torch.arange(12)[None, :] < lengths[:, None]  # (B, T) right-padded rows
+    ev = Evaluator(cp)
+    res = ev.step(x * valid[..., None], valid, "prompt", ev.new_state(64))
+    matched = res.match.any(dim=1)  # (B, R)
+    for r, rule in enumerate(cp.rules):
+        m = _margin(rule.spec.condition, cp, x, torch.zeros(64, 12, 0))  # (B, T)
+        fires = _windowed(m, valid, rule.spec) > 0
+        assert torch.equal(fires, matched[:, r]), rule.id
+        assert 0 < int(fires.sum()) < 64, rule.id  # the comparison is not vacuous
 
 
 def test_summary_separates_plain_benign_and_hard_negatives() -> None:

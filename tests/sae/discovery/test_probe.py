@@ -14,9 +14,19 @@ from monitor.policy.diagnostics import PolicyError
 from monitor.policy.evaluator import Evaluator
 from monitor.policy.loader import load_policy_text
 from monitor.policy.saes import static_resolver
+from sae.discovery.data import Item
 from sae.discovery.metrics import auc
-from sae.discovery.probe import TokenBatch, fit, fit_cv, row_scores, token_scores
-from sae.discovery.probe_catalog import probe_spec
+from sae.discovery.probe import (
+    SparseRows,
+    TokenBatch,
+    fit,
+    fit_cv,
+    greedy_select,
+    row_scores,
+    sustained_peak,
+    token_scores,
+)
+from sae.discovery.probe_catalog import _calibration, probe_spec, resolve_features
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
@@ -54,7 +64,14 @@ def test_l1_probe_is_sparser_than_l2() -> None:
     assert small(w1) > small(w2)
 
 
-def _policy(tmp_path: Path, spec_pool: str, fitted: object, idx: list[int], sha: str = SHA_A):
+def _policy(
+    tmp_path: Path,
+    spec_pool: str,
+    fitted: object,
+    idx: list[int],
+    sha: str = SHA_A,
+    sustain: int = 1,
+):
     names = [f"f{i}" for i in idx]
     cat = Catalog(
         sae=CatalogSAE(name="test-sae", sha256=SHA_A, d_sae=64),
@@ -73,21 +90,23 @@ imports:
 rules:
   - id: r
     severity: high
+    for: FOR
     condition: {probe: p}
     actions: [{type: log}]
-"""
+""".replace("FOR", str(sustain))
     resolver = static_resolver({"main": 64}, sha256={"main": sha})
     return load_policy_text(text, base_dir=tmp_path, resolver=resolver)
 
 
-@pytest.mark.parametrize("pool", ["max", "mean"])
+@pytest.mark.parametrize(("pool", "sustain"), [("max", 1), ("mean", 1), ("max", 2), ("mean", 3)])
 def test_serialised_probe_evaluates_identically_in_the_compiled_evaluator(
-    tmp_path: Path, pool: str
+    tmp_path: Path, pool: str, sustain: int
 ) -> None:
     batch, y = planted(n=120)
-    f = fit_cv(batch, y, pool=pool, k=3, lambdas=(1e-3, 1e-2))
+    f = fit_cv(batch, y, pool=pool, k=3, lambdas=(1e-3, 1e-2), sustain=sustain)
+    assert f.sustain == sustain
     idx = [40, 3, 17, 8, 63, 0, 22, 5, 31, 12]  # unsorted: the policy reorders its columns
-    cp = _policy(tmp_path, f.spec_pooling, f, idx)
+    cp = _policy(tmp_path, f.spec_pooling, f, idx, sustain=sustain)
     acts = torch.zeros(*batch.x.shape[:2], cp.K)  # (N, T, K) in the policy's column order
     for j, i in enumerate(idx):
         acts[..., cp.feature_columns[f"f{i}"]] = batch.x[..., j]
@@ -97,7 +116,7 @@ def test_serialised_probe_evaluates_identically_in_the_compiled_evaluator(
     theirs = res.probe_scores[..., 0]
     assert torch.allclose(ours[batch.mask], theirs[batch.mask], atol=1e-5)
     fired_eval = res.match.any(dim=1)[:, 0]
-    fired_ours = row_scores(batch, f.w, f.b, pool) > f.threshold
+    fired_ours = row_scores(batch, f.w, f.b, pool, sustain) > f.threshold
     assert torch.equal(fired_eval, fired_ours)
     assert 0 < int(fired_ours.sum()) < len(fired_ours)  # the comparison is not vacuous
 
@@ -114,3 +133,50 @@ def test_probe_pinned_to_another_sae_is_refused_by_the_policy_loader(tmp_path: P
     with pytest.raises(PolicyError) as err:
         load_catalog(tmp_path / "cat.yaml")
     assert "FG321" in err.value.report()
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_sustained_peak_matches_a_brute_force_search(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    s = torch.randn(30, 9, generator=g)  # (N, T)
+    lengths = torch.randint(1, 10, (30,), generator=g)
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    peak, tok = sustained_peak(s, mask, n)
+    for i in range(30):
+        L = int(lengths[i])
+        wins = [(min(s[i, t - n + 1 : t + 1].tolist()), t) for t in range(n - 1, L)]
+        if not wins:
+            assert peak[i] == -math.inf
+            continue
+        best = max(w for w, _ in wins)
+        assert math.isclose(float(peak[i]), best, rel_tol=1e-6)
+        assert float(s[i, tok[i]]) == float(peak[i])  # the deciding token holds the minimum
+
+
+def test_greedy_selection_finds_the_planted_features_first() -> None:
+    g = torch.Generator().manual_seed(3)
+    n, T, F = 300, 8, 50
+    x = torch.relu(torch.randn(n, T, F, generator=g)) * (torch.rand(n, T, F, generator=g) < 0.3)
+    z = 2.0 * x[..., 11] + 1.5 * x[..., 37] - 1.5  # (n, T)
+    y = (z.amax(1) > 0).long()
+    rows = SparseRows.from_dense(list(x))
+    assert torch.equal(rows.columns([37, 11]).x, x[..., [37, 11]])
+    picked = greedy_select(rows, y, 2, pool="max", step=1)
+    assert sorted(picked) == [11, 37]
+    mean_at = rows.pooled_at(torch.full((n,), 3), "mean")  # running mean at token 3
+    assert torch.allclose(mean_at, x[:, :4].mean(1), atol=1e-6)
+
+
+def test_calibration_items_that_were_trained_on_are_scored_out_of_fold() -> None:
+    neg = [Item(f"b{i}", text=f"t{i}", category="benign") for i in range(4)]
+    held, rows = _calibration([neg[2], Item("x", text="new"), neg[0]], neg, n_pos=10)
+    assert [it.id for it in held] == ["x"]
+    assert rows is not None and rows.tolist() == [12, 10]  # training rows: positives first
+
+
+def test_features_can_name_the_inputs_of_another_probe(tmp_path: Path) -> None:
+    batch, y = planted(n=60)
+    f = fit_cv(batch, y, k=3, lambdas=(1e-2,))
+    _policy(tmp_path, "token", f, [5, 9, 2, 7, 1, 3, 4, 6, 8, 0])
+    cat = load_catalog(tmp_path / "cat.yaml")
+    assert resolve_features("9,probe:p,12", cat) == [9, 5, 2, 7, 1, 3, 4, 6, 8, 0, 12]
