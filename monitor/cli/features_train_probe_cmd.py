@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="probe name in the catalog")
     parser.add_argument("--catalog", type=Path, required=True, metavar="FILE")
     feats = parser.add_mutually_exclusive_group()
-    feats.add_argument("--features", metavar="LIST", help="indices or catalog names, commas")
+    feats.add_argument(
+        "--features",
+        metavar="LIST",
+        help="indices, catalog names or probe:NAME, commas; `all` = the whole dictionary (a "
+        "probe over more than 256 features is stored in a weights file next to the catalog)",
+    )
     feats.add_argument(
         "--top", type=int, default=64, help="select the N best features (default: 64)"
     )
@@ -46,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train and calibrate for a rule with `for: N` (score held on N consecutive tokens)",
     )
     parser.add_argument("--folds", type=int, default=5, help="CV folds (default: 5)")
+    parser.add_argument(
+        "--lambdas",
+        default="0.001,0.01,0.1,1",
+        metavar="LIST",
+        help="penalty strengths tried by CV, commas (default: %(default)s)",
+    )
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument(
         "--calibration-negative",
@@ -63,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from sae.discovery.cliutil import dump_json, stack_from_args
     from sae.discovery.data import load_items, refuse_test_split
     from sae.discovery.probe_catalog import train_probe
+    from sae.errors import FeatureguardError
 
     sets = {}
     for key in ("positive", "negative", "calibration_negative"):
@@ -70,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
         if spec:
             sets[key] = load_items(spec)
             refuse_test_split(sets[key], spec, args.allow_test)
+    try:
+        lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
+    except ValueError:
+        lambdas = []
+    if not lambdas or any(v < 0 for v in lambdas):
+        raise FeatureguardError(
+            f"--lambdas: expected non-negative numbers separated by commas, not {args.lambdas!r}"
+        )
     stack = stack_from_args(args)
     out = train_probe(
         stack,
@@ -89,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=sets.get("calibration_negative"),
         replace=args.replace,
         sources=(args.positive, args.negative, args.calibration_negative),
+        lambdas=lambdas,
     )
     if args.json:
         print(dump_json(out))
@@ -98,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"probe {out['probe']} ({len(out['features'])} features, pooling {out['pooling']}{held}) "
         f"→ {out['catalog']}"
+        + (f" (weights in {out['weights_file']})" if out["weights_file"] else "")
     )
     for lam, (m, sd) in out["cv_auc"].items():
         mark = " *" if float(lam) == out["lambda"] else ""

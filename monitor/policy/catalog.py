@@ -23,6 +23,19 @@ A catalog is YAML (JSON is accepted too, being a subset) with this shape::
         link: logistic                   # logistic: threshold is a probability
         threshold: 0.5
         sae_sha256: <64 hex>             # must equal sae.sha256
+      scam_dense:                        # a probe over many features (e.g. the whole dictionary)
+        weights_file: smollm2.probes/scam_dense.safetensors  # relative to this catalog
+        weights_sha256: <64 hex>         # sha256 of that file
+        bias: -2.1
+        pooling: mean
+        threshold: 0.7
+        sae_sha256: <64 hex>
+
+A probe lists its inputs inline (``features`` + ``weights``) or, when it reads more features
+than a person would review line by line, in a safetensors file next to the catalog holding
+``indices`` ``(K,)`` int64 and ``weights`` ``(K,)`` float32 (:func:`read_probe_file`). The
+file is pinned by its sha256, so the catalog's bytes (and so the policy hash) pin the weights;
+:func:`load_catalog` reads it and exposes the pairs as :meth:`ProbeSpec.inputs`.
 
 The SAE is pinned by :func:`sae_fingerprint`: the sha256 of the weights file
 (``sae_weights.safetensors`` in an SAELens folder, or the file itself). Loading a catalog against
@@ -32,11 +45,13 @@ an SAE with another fingerprint is an error (FG311).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import torch
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from monitor.policy.diagnostics import Diagnostic, PolicyError
 from monitor.policy.schema import Name, Sha256, Strict, Threshold
@@ -71,10 +86,13 @@ class CatalogFeature(Strict):
 
 
 class ProbeSpec(Strict):
-    """A linear probe ``link(Σ w_i f_i + bias) > threshold`` over catalog features."""
+    """A linear probe ``link(Σ w_i f_i + bias) > threshold`` over catalog features (inline) or
+    over the feature indices of a weights file (module doc)."""
 
-    features: list[Name] = Field(min_length=1)
-    weights: list[Threshold]
+    features: list[Name] = Field(default_factory=list)
+    weights: list[Threshold] = Field(default_factory=list)
+    weights_file: str | None = Field(default=None, min_length=1)
+    weights_sha256: Sha256 | None = None
     bias: Threshold = 0.0
     pooling: Literal["token", "mean"] = "token"
     link: Literal["logistic", "linear"] = "logistic"
@@ -82,14 +100,43 @@ class ProbeSpec(Strict):
     sae_sha256: Sha256
     description: str = ""
 
+    # (indices, weights) read from ``weights_file`` by :func:`load_catalog`
+    _file_inputs: tuple[tuple[int, ...], tuple[float, ...]] | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _check(self) -> ProbeSpec:
+        if self.weights_file is not None:
+            if self.features or self.weights:
+                raise ValueError(
+                    "a probe lists 'features' and 'weights' inline or names a 'weights_file', "
+                    "not both"
+                )
+            if self.weights_sha256 is None:
+                raise ValueError("a probe with a 'weights_file' needs its 'weights_sha256'")
+            return self
+        if self.weights_sha256 is not None:
+            raise ValueError("'weights_sha256' belongs with a 'weights_file'")
+        if not self.features:
+            raise ValueError("a probe needs 'features' and 'weights', or a 'weights_file'")
         if len(self.weights) != len(self.features):
             raise ValueError(
                 f"a probe needs one weight per feature ({len(self.features)} "
                 f"features, {len(self.weights)} weights)"
             )
         return self
+
+    @property
+    def is_file(self) -> bool:
+        return self.weights_file is not None
+
+    def file_inputs(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """``(indices, weights)`` of a weights-file probe (read by :func:`load_catalog`)."""
+        if self._file_inputs is None:
+            raise ValueError("this probe's weights file has not been read (load_catalog reads it)")
+        return self._file_inputs
+
+    def set_file_inputs(self, indices: tuple[int, ...], weights: tuple[float, ...]) -> None:
+        self._file_inputs = (indices, weights)
 
 
 class Catalog(Strict):
@@ -143,7 +190,7 @@ def catalog_semantics(cat: Catalog, src: Source) -> list[Diagnostic]:
                 )
             )
     for pname, p in cat.probes.items():
-        for j, fname in enumerate(p.features):
+        for j, fname in enumerate(() if p.is_file else p.features):
             if fname not in seen:
                 diags.append(
                     src.diag(
@@ -184,9 +231,90 @@ def load_catalog(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Catalog:
     except ValidationError as exc:
         raise PolicyError(validation_diagnostics(exc, src)) from None
     diags = catalog_semantics(cat, src)
+    for pname, probe in cat.probes.items():
+        if probe.weights_file is not None:
+            diags += _read_probe_file(probe, pname, p.parent, cat.sae.d_sae, src)
     if diags:
         raise PolicyError(diags)
     return cat
+
+
+def probe_file_bytes(indices: Sequence[int], weights: Sequence[float]) -> bytes:
+    """The safetensors bytes of a weights-file probe: ``indices`` int64, ``weights`` float32."""
+    from safetensors.torch import save
+
+    return save(
+        {
+            "indices": torch.tensor(list(indices), dtype=torch.int64),  # (K,)
+            "weights": torch.tensor(list(weights), dtype=torch.float32),  # (K,)
+        },
+        metadata={"format": "featureguard-probe", "version": "1"},
+    )
+
+
+def read_probe_file(raw: bytes) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``(indices, weights)`` from :func:`probe_file_bytes` output; ValueError when malformed."""
+    from safetensors.torch import load
+
+    try:
+        t = load(raw)
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"not a safetensors file ({exc})") from None
+    if set(t) != {"indices", "weights"}:
+        raise ValueError(f"expected tensors 'indices' and 'weights', found {sorted(t)}")
+    idx, w = t["indices"], t["weights"]
+    if idx.dim() != 1 or w.shape != idx.shape or idx.numel() == 0:
+        raise ValueError(
+            f"'indices' and 'weights' must be two non-empty vectors of one length "
+            f"(got {tuple(idx.shape)} and {tuple(w.shape)})"
+        )
+    if idx.dtype != torch.int64 or not w.dtype.is_floating_point:
+        raise ValueError(
+            f"'indices' must be int64 and 'weights' float (got {idx.dtype}, {w.dtype})"
+        )
+    if bool((idx < 0).any()) or idx.unique().numel() != idx.numel():
+        raise ValueError("'indices' must be distinct and non-negative")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("'weights' must be finite")
+    return tuple(int(i) for i in idx.tolist()), tuple(float(v) for v in w.float().tolist())
+
+
+def _read_probe_file(
+    probe: ProbeSpec, pname: str, base: Path, d_sae: int | None, src: Source
+) -> list[Diagnostic]:
+    where = ("probes", pname, "weights_file")
+    assert probe.weights_file is not None
+    path = Path(probe.weights_file)
+    path = path if path.is_absolute() else base / path
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [src.diag("FG312", f"probe '{pname}': cannot read {path}: {exc.strerror}", where)]
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != probe.weights_sha256:
+        return [
+            src.diag(
+                "FG311",
+                f"probe '{pname}': {path} has sha256 {digest[:12]}…, but the catalog pins "
+                f"{str(probe.weights_sha256)[:12]}… (the weights changed since it was written)",
+                ("probes", pname, "weights_sha256"),
+            )
+        ]
+    try:
+        idx, w = read_probe_file(raw)
+    except ValueError as exc:
+        return [src.diag("FG312", f"probe '{pname}': {path}: {exc}", where)]
+    if d_sae is not None and max(idx) >= d_sae:
+        return [
+            src.diag(
+                "FG302",
+                f"probe '{pname}': {path} uses feature index {max(idx)}, but the SAE has only "
+                f"{d_sae} features",
+                where,
+            )
+        ]
+    probe.set_file_inputs(idx, w)
+    return []
 
 
 class _Dumper(yaml.SafeDumper):
@@ -209,6 +337,10 @@ def save_catalog(catalog: Catalog, path: str | Path) -> None:
     """
     p = Path(path)
     data = catalog.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for probe in data.get("probes", {}).values():
+        if "weights_file" in probe:  # inputs live in the file
+            probe.pop("features", None)
+            probe.pop("weights", None)
     text = "# featureguard feature catalog (written by `featureguard features`)\n"
     text += yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     tmp = p.with_name(p.name + ".tmp")

@@ -239,7 +239,7 @@ def _probe(res: Resolved, name: str, p: int) -> CompiledProbe:
         p,
         pr.sae,
         pr.features,
-        tuple(pr.spec.weights),
+        pr.weights,
         pr.spec.bias,
         pr.spec.pooling,
         pr.spec.link,
@@ -281,7 +281,7 @@ def _rule_tensors(
     probe_w = torch.zeros(K, len(probe_names))
     for p, name in enumerate(probe_names):
         pr = res.probes[name]
-        for f, w in zip(pr.features, pr.spec.weights, strict=True):
+        for f, w in zip(pr.features, pr.weights, strict=True):
             probe_w[col[f], p] += w
     windows = [r.window or s.Window(at_least=1, of_last=1) for r in rules]
     return PolicyTensors(

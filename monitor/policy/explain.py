@@ -130,11 +130,17 @@ def explain(p: CompiledPolicy, top: int = 5) -> str:
     for sae in p.saes:
         src = f"bundled {sae.bundled}" if sae.bundled else f"path {sae.path}"
         out.append(f"  SAE {sae.name} ({src}, hook {sae.hook or '?'}, width {sae.d_sae or '?'})")
+        inputs_only = 0
         for c in range(sae.offset, sae.offset + len(sae.indices)):
+            if p.feature_names[c].endswith("]"):  # `probe[index]`: a weights-file probe input
+                inputs_only += 1
+                continue
             scale = p.feature_scale[c]
             extra = f", scale {_num(scale)}" if scale else ""
             exported = ", exported" if c in p.export_columns else ""
             out.append(f"    {p.feature_names[c]}: #{sae.indices[c - sae.offset]}{extra}{exported}")
+        if inputs_only:
+            out.append(f"    … and {inputs_only} more, read only by weights-file probes")
     out.append(
         f"Rules ({p.R} enabled, {len(p.disabled_rules)} disabled), precedence "
         "stop > replace > ablate/clamp > alert > log, ties by severity then order:"

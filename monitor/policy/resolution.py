@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.policy import schema as s
-from monitor.policy.catalog import ProbeSpec, load_catalog
+from monitor.policy.catalog import Catalog, ProbeSpec, load_catalog
 from monitor.policy.diagnostics import Diagnostic, PolicyError
 from monitor.policy.saes import SAEInfo, SAEResolver
 from monitor.policy.yaml_strict import Source
@@ -37,6 +37,7 @@ class ResolvedProbe:
     sae: str
     spec: ProbeSpec
     features: tuple[str, ...]  # resolved (prefixed) feature names
+    weights: tuple[float, ...]  # one per feature (inline, or read from the weights file)
 
 
 @dataclass
@@ -195,10 +196,34 @@ class Resolver:
                     (*path, "catalog"),
                 )
             for pname, probe in cat.probes.items():
-                names = tuple(imp.prefix + n for n in probe.features)
+                if probe.is_file:
+                    names, weights = self.file_probe_inputs(imp, cat, pname, probe, path)
+                else:
+                    names = tuple(imp.prefix + n for n in probe.features)
+                    weights = tuple(probe.weights)
                 self.out.probes[imp.prefix + pname] = ResolvedProbe(
-                    imp.prefix + pname, imp.sae, probe, names
+                    imp.prefix + pname, imp.sae, probe, names, weights
                 )
+
+    def file_probe_inputs(
+        self, imp: s.ImportSpec, cat: Catalog, pname: str, probe: ProbeSpec, path: Path_
+    ) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """Names for a weights-file probe's inputs: the catalog's name for an index it lists,
+        else an input-only feature ``<probe>[<index>]`` added to the table."""
+        indices, weights = probe.file_inputs()
+        by_index = {f.index: imp.prefix + f.name for f in cat.features}
+        names = []
+        for idx in indices:
+            name = by_index.get(idx, f"{imp.prefix}{pname}[{idx}]")
+            if name not in self.out.features:
+                desc = f"input of probe '{imp.prefix}{pname}'"
+                self.add_feature(
+                    ResolvedFeature(name, imp.sae, idx, None, False, desc),
+                    (*path, "catalog"),
+                    (*path, "catalog"),
+                )
+            names.append(name)
+        return tuple(names), weights
 
     def features(self) -> None:
         for name, f in self.spec.features.items():

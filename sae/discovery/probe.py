@@ -27,7 +27,7 @@ each row's score).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -140,34 +140,64 @@ def fit(
     z = TokenBatch((batch.x - mu) / sd, batch.mask)
     yf = y.float()
     weight = balanced_weights(y)  # (N,)
-    # Start from the class-mean difference of the rows' mean features: at v = 0 every token
-    # ties, the peak sits on each row's first token and the gradient can vanish.
+    # Start from the same penalised logistic fit on each row's mean features (convex and cheap;
+    # for pool "mean" it scores the last token's running mean): at v = 0 every token ties, the
+    # peak sits on each row's first token and the gradient can vanish, and with thousands of
+    # features a poor start leaves L-BFGS far from a good optimum.
     vf = z.mask.unsqueeze(-1).float()  # (N, T, 1)
     row_mean = (z.x * vf).sum(1) / vf.sum(1).clamp_min(1.0)  # (N, K)
-    d = row_mean[yf > 0].mean(0) - row_mean[yf == 0].mean(0) if 0 < yf.sum() < len(yf) else None
-    v0 = torch.zeros(batch.x.shape[-1]) if d is None else 0.1 * d / d.norm().clamp_min(1e-8)
+    v0, c0 = _fit_rows(row_mean, yf, weight, penalty, lam, max_iter)
     v = v0.clone().requires_grad_(True)
-    c = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [v, c], max_iter=max_iter, tolerance_change=1e-7, line_search_fn="strong_wolfe"
-    )
+    c = c0.clone().requires_grad_(True)
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        s = row_scores(z, v, c, pool, sustain)
+    def loss_of(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         s = torch.where(torch.isfinite(s), s, torch.full_like(s, _NEVER))
         loss = (
             torch.nn.functional.binary_cross_entropy_with_logits(s, yf, reduction="none") * weight
         ).sum()
-        reg = (v * v).sum() if penalty == "l2" else torch.sqrt(v * v + 1e-8).sum()
-        total = loss + lam * reg
+        return loss + lam * _penalty(v, penalty)
+
+    _lbfgs([v, c], lambda: loss_of(row_scores(z, v, c, pool, sustain), v), max_iter)
+    w = (v.detach() / sd).float()
+    return w, float(c.detach() - (mu * w).sum())
+
+
+def _penalty(v: torch.Tensor, penalty: str) -> torch.Tensor:
+    return (v * v).sum() if penalty == "l2" else torch.sqrt(v * v + 1e-8).sum()
+
+
+def _lbfgs(params: list[torch.Tensor], objective: Callable[[], torch.Tensor], iters: int) -> None:
+    opt = torch.optim.LBFGS(
+        params, max_iter=iters, tolerance_change=1e-7, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        total = objective()
         total.backward()
         return total
 
     with torch.enable_grad():
         opt.step(closure)
-    w = (v.detach() / sd).float()
-    return w, float(c.detach() - (mu * w).sum())
+
+
+def _fit_rows(
+    x: torch.Tensor, yf: torch.Tensor, weight: torch.Tensor, penalty: str, lam: float, iters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(v (K,), c)``: balanced penalised logistic regression on one vector per row ``(N, K)``
+    (standardised features); zeros when a class is missing."""
+    v = torch.zeros(x.shape[-1], requires_grad=True)
+    c = torch.zeros((), requires_grad=True)
+    if not 0 < float(yf.sum()) < yf.numel():
+        return v.detach(), c.detach()
+
+    def objective() -> torch.Tensor:
+        s = x @ v + c  # (N,)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(s, yf, reduction="none")
+        return (loss * weight).sum() + lam * _penalty(v, penalty)
+
+    _lbfgs([v, c], objective, iters)
+    return v.detach(), c.detach()
 
 
 def folds(y: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:

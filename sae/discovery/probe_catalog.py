@@ -8,13 +8,14 @@ tokens, running means and ``for`` windows the policy evaluator will see.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from monitor.policy.catalog import Catalog, ProbeSpec
+from monitor.policy.catalog import Catalog, ProbeSpec, probe_file_bytes
 from sae.discovery import catalog_io as cio
 from sae.discovery.activations import Stack, encode_items
 from sae.discovery.contrast import pooled_features, rank_features
@@ -31,21 +32,28 @@ from sae.discovery.probe import (
 from sae.errors import FeatureguardError
 
 SELECTIONS = ("auc", "greedy")
+INLINE_MAX = 256  # a probe over more features stores them in a weights file
 
 
-def resolve_features(spec: str, cat: Catalog) -> list[int]:
-    """``"12,407,scam_email,probe:scam_probe"``: indices, names of features in the catalog, or
-    ``probe:NAME`` for every feature of a probe already in the catalog (in its order)."""
+def resolve_features(spec: str, cat: Catalog, d_sae: int | None = None) -> list[int]:
+    """``"12,407,scam_email,probe:scam_probe"``: indices, names of features in the catalog,
+    ``probe:NAME`` for every feature of a probe already in the catalog (in its order), or
+    ``all`` for the whole dictionary (``d_sae`` features)."""
     by_name = {f.name: f.index for f in cat.features}
     out = []
     for tok in (t.strip() for t in spec.split(",") if t.strip()):
         if tok.isdigit():
             out.append(int(tok))
+        elif tok == "all":
+            width = d_sae or cat.sae.d_sae
+            if width is None:
+                raise FeatureguardError("--features all: the SAE's width is not known")
+            out += range(width)
         elif tok.startswith("probe:"):
             probe = cat.probes.get(tok[len("probe:") :])
             if probe is None:
                 raise FeatureguardError(f"--features: the catalog has no probe '{tok[6:]}'")
-            out += [by_name[n] for n in probe.features]
+            out += probe.file_inputs()[0] if probe.is_file else [by_name[n] for n in probe.features]
         elif tok in by_name:
             out.append(by_name[tok])
         else:
@@ -92,11 +100,23 @@ def sparse_rows(stack: Stack, items: Sequence[Item], span: str, chunk: int = 64)
     )
 
 
-def probe_spec(fit: ProbeFit, names: list[str], sha256: str, description: str) -> ProbeSpec:
+def probe_spec(
+    fit: ProbeFit,
+    names: list[str] | None,
+    sha256: str,
+    description: str,
+    weights_file: tuple[str, str] | None = None,
+) -> ProbeSpec:
+    """The catalog entry: inline ``names`` + weights, or ``weights_file`` = (relative path,
+    sha256) of the file :func:`write_probe_file` wrote."""
     link, thr = logistic_threshold(fit.threshold)
+    inputs: dict[str, Any] = (
+        {"weights_file": weights_file[0], "weights_sha256": weights_file[1]}
+        if weights_file is not None
+        else {"features": names, "weights": [float(v) for v in fit.w.tolist()]}
+    )
     return ProbeSpec(
-        features=names,
-        weights=[float(v) for v in fit.w.tolist()],
+        **inputs,
         bias=float(fit.b),
         pooling=fit.spec_pooling,  # type: ignore[arg-type]
         link=link,  # type: ignore[arg-type]
@@ -104,6 +124,21 @@ def probe_spec(fit: ProbeFit, names: list[str], sha256: str, description: str) -
         sae_sha256=sha256,
         description=description,
     )
+
+
+def write_probe_file(
+    catalog: Path, name: str, idx: Sequence[int], w: torch.Tensor
+) -> tuple[str, str]:
+    """Write a probe's ``(indices, weights)`` next to the catalog, in ``<stem>.probes/``;
+    returns (path relative to the catalog, sha256). Written to a temporary file and renamed."""
+    raw = probe_file_bytes(idx, [float(v) for v in w.tolist()])
+    folder = catalog.parent / f"{catalog.stem}.probes"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(raw)
+    tmp.replace(path)
+    return f"{folder.name}/{path.name}", hashlib.sha256(raw).hexdigest()
 
 
 def _select(
@@ -159,6 +194,8 @@ def train_probe(
     calibration: Sequence[Item] | None = None,
     replace: bool = False,
     sources: tuple[str, str, str | None] = ("", "", None),
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    inline_max: int = INLINE_MAX,
 ) -> dict[str, Any]:
     """Train, calibrate and catalog a probe; returns a JSON-able summary.
 
@@ -169,7 +206,7 @@ def train_probe(
         raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
     cat = cio.open_catalog(catalog, stack)
     if features:
-        idx = resolve_features(features, cat)
+        idx = resolve_features(features, cat, stack.sae.cfg.d_sae)
     else:
         idx = _select(
             stack, positive, negative, how=select, top=top, pool=pool, span=span, sustain=sustain
@@ -184,14 +221,19 @@ def train_probe(
         y,
         pool=pool,
         penalty=penalty,
-        lambdas=DEFAULT_LAMBDAS,
         k=k,
         target_fpr=target_fpr,
         calib=calib,
         calib_rows=calib_rows,
         sustain=sustain,
+        lambdas=lambdas,
     )
-    names = cio.names_for(cat, idx)
+    stored = None
+    if len(idx) > inline_max:  # too many to review inline: weights file next to the catalog
+        names = [f"#{i}" for i in idx]
+        stored = write_probe_file(catalog, name, idx, fit.w)
+    else:
+        names = cio.names_for(cat, idx)
     best = fit.cv[fit.lam]
     how = "given" if features else f"the {len(idx)} best by {select} selection"
     desc = (
@@ -210,14 +252,15 @@ def train_probe(
         )
         + f"; command: {cio.command_line()}"
     )
-    spec = probe_spec(fit, names, stack.sha256, desc)
+    spec = probe_spec(fit, None if stored else names, stack.sha256, desc, stored)
     cio.upsert_probe(cat, name, spec, replace=replace)
     cio.save(cat, catalog)
     return {
         "probe": name,
         "catalog": str(catalog),
         "features": dict(zip(names, idx, strict=True)),
-        "weights": spec.weights,
+        "weights_file": stored[0] if stored else None,
+        "weights": spec.weights if not stored else None,
         "bias": spec.bias,
         "pooling": spec.pooling,
         "sustain": sustain,

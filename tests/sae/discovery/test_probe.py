@@ -12,6 +12,7 @@ import torch
 from monitor.policy.catalog import Catalog, CatalogFeature, CatalogSAE, load_catalog, save_catalog
 from monitor.policy.diagnostics import PolicyError
 from monitor.policy.evaluator import Evaluator
+from monitor.policy.explain import explain
 from monitor.policy.loader import load_policy_text
 from monitor.policy.saes import static_resolver
 from sae.discovery.data import Item
@@ -26,7 +27,12 @@ from sae.discovery.probe import (
     sustained_peak,
     token_scores,
 )
-from sae.discovery.probe_catalog import _calibration, probe_spec, resolve_features
+from sae.discovery.probe_catalog import (
+    _calibration,
+    probe_spec,
+    resolve_features,
+    write_probe_file,
+)
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
@@ -180,3 +186,58 @@ def test_features_can_name_the_inputs_of_another_probe(tmp_path: Path) -> None:
     _policy(tmp_path, "token", f, [5, 9, 2, 7, 1, 3, 4, 6, 8, 0])
     cat = load_catalog(tmp_path / "cat.yaml")
     assert resolve_features("9,probe:p,12", cat) == [9, 5, 2, 7, 1, 3, 4, 6, 8, 0, 12]
+
+
+def _file_policy(tmp_path: Path, f: object, idx: list[int], named: dict[int, str]):
+    """A policy whose probe ``p`` keeps its inputs in a weights file; ``named`` indices also have
+    catalog entries (and so keep their catalog names)."""
+    cat = Catalog(
+        sae=CatalogSAE(name="test-sae", sha256=SHA_A, d_sae=64),
+        features=[CatalogFeature(name=n, index=i) for i, n in named.items()],
+    )
+    stored = write_probe_file(tmp_path / "cat.yaml", "p", idx, f.w)  # type: ignore[attr-defined]
+    cat.probes["p"] = probe_spec(f, None, SHA_A, "test", stored)  # type: ignore[arg-type]
+    save_catalog(cat, tmp_path / "cat.yaml")
+    text = """
+version: 1
+policy: {name: t}
+saes:
+  main: {bundled: test-sae, d_sae: 64}
+imports:
+  - {catalog: cat.yaml, sae: main}
+rules:
+  - id: r
+    severity: high
+    condition: {probe: p}
+    actions: [{type: log}]
+"""
+    resolver = static_resolver({"main": 64}, sha256={"main": SHA_A})
+    return load_policy_text(text, base_dir=tmp_path, resolver=resolver)
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+def test_weights_file_probe_evaluates_identically_in_the_compiled_evaluator(
+    tmp_path: Path, pool: str
+) -> None:
+    batch, y = planted(n=120)
+    f = fit_cv(batch, y, pool=pool, k=3, lambdas=(1e-3,))
+    idx = [40, 3, 17, 8, 63, 0, 22, 5, 31, 12]
+    cp = _file_policy(tmp_path, f, idx, named={3: "scam", 22: "fraud"})
+    assert "weights_file" in (tmp_path / "cat.yaml").read_text()
+    assert "f40" not in (tmp_path / "cat.yaml").read_text()  # inputs are not catalog entries
+    names = ["scam" if i == 3 else "fraud" if i == 22 else f"p[{i}]" for i in idx]
+    assert cp.probes[0].features == tuple(names)
+    acts = torch.zeros(*batch.x.shape[:2], cp.K)  # (N, T, K) in the policy's column order
+    for j, name in enumerate(names):
+        acts[..., cp.feature_columns[name]] = batch.x[..., j]
+    ev = Evaluator(cp)
+    res = ev.step(acts, batch.mask, "prompt", ev.new_state(acts.shape[0]))
+    ours = token_scores(batch.x, batch.mask, f.w, f.b, f.spec_pooling)  # (N, T)
+    assert torch.allclose(ours[batch.mask], res.probe_scores[..., 0][batch.mask], atol=1e-5)
+    fired = row_scores(batch, f.w, f.b, pool) > f.threshold
+    assert torch.equal(res.match.any(dim=1)[:, 0], fired) and 0 < int(fired.sum()) < len(fired)
+    text = explain(cp)
+    assert "scam: #3" in text and "… and 8 more, read only by weights-file probes" in text
+    cat = load_catalog(tmp_path / "cat.yaml")
+    assert resolve_features("probe:p,1", cat) == [*idx, 1]
+    assert resolve_features("all", cat) == list(range(64))

@@ -1,0 +1,106 @@
+"""Catalogs: probes whose inputs live in a weights file are pinned by sha256 and checked on load,
+with errors that name the catalog file, the line and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.policy.catalog import (
+    Catalog,
+    CatalogSAE,
+    ProbeSpec,
+    load_catalog,
+    probe_file_bytes,
+    read_probe_file,
+    save_catalog,
+)
+from monitor.policy.diagnostics import PolicyError
+
+SHA = "a" * 64
+
+
+def _write(tmp_path: Path, raw: bytes, pin: str | None = None) -> Path:
+    import hashlib
+
+    (tmp_path / "w.safetensors").write_bytes(raw)
+    cat = Catalog(sae=CatalogSAE(name="s", sha256=SHA, d_sae=16))
+    cat.probes["p"] = ProbeSpec(
+        weights_file="w.safetensors",
+        weights_sha256=pin or hashlib.sha256(raw).hexdigest(),
+        bias=-1.0,
+        threshold=0.5,
+        sae_sha256=SHA,
+    )
+    save_catalog(cat, tmp_path / "cat.yaml")
+    return tmp_path / "cat.yaml"
+
+
+def _line_of(path: Path, field: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if field in line)
+
+
+def test_weights_file_round_trips_and_is_read_on_load(tmp_path: Path) -> None:
+    path = _write(tmp_path, probe_file_bytes([3, 0, 15], [0.5, -1.25, 2.0]))
+    text = path.read_text()
+    assert "weights_file: w.safetensors" in text
+    assert "    features:" not in text and "weights:" not in text  # no inline inputs
+    probe = load_catalog(path).probes["p"]
+    assert probe.file_inputs() == ((3, 0, 15), (0.5, -1.25, 2.0))
+
+
+def test_changed_weights_file_is_refused_naming_the_pin(tmp_path: Path) -> None:
+    path = _write(tmp_path, probe_file_bytes([1], [1.0]))
+    (tmp_path / "w.safetensors").write_bytes(probe_file_bytes([1], [9.0]))
+    with pytest.raises(PolicyError) as err:
+        load_catalog(path)
+    report = err.value.report()
+    assert "FG311" in report and "weights changed" in report
+    assert f"{path}:{_line_of(path, 'weights_sha256')}" in report
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"not a safetensors file", "not a safetensors file"),
+        (probe_file_bytes([1, 1], [1.0, 2.0]), "distinct"),
+        (probe_file_bytes([1, 99], [1.0, 2.0]), "only 16 features"),
+        (probe_file_bytes([1], [float("nan")]), "finite"),
+    ],
+)
+def test_malformed_weights_file_is_refused_naming_the_field(
+    tmp_path: Path, raw: bytes, message: str
+) -> None:
+    path = _write(tmp_path, raw)
+    with pytest.raises(PolicyError) as err:
+        load_catalog(path)
+    report = err.value.report()
+    assert message in report and f"{path}:{_line_of(path, 'weights_file')}" in report
+
+
+def test_missing_weights_file_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, probe_file_bytes([1], [1.0]))
+    (tmp_path / "w.safetensors").unlink()
+    with pytest.raises(PolicyError) as err:
+        load_catalog(path)
+    assert "FG312" in err.value.report() and "cannot read" in err.value.report()
+
+
+def test_a_probe_is_inline_or_file_backed_not_both(tmp_path: Path) -> None:
+    path = _write(tmp_path, probe_file_bytes([1], [1.0]))
+    text = path.read_text().replace(
+        "    weights_file:", "    features: [a]\n    weights: [1.0]\n    weights_file:"
+    )
+    path.write_text(text)
+    with pytest.raises(PolicyError) as err:
+        load_catalog(path)
+    assert "not both" in err.value.report()
+
+
+def test_read_probe_file_rejects_wrong_tensor_names() -> None:
+    import torch
+    from safetensors.torch import save
+
+    with pytest.raises(ValueError, match="expected tensors"):
+        read_probe_file(save({"w": torch.zeros(2)}))
