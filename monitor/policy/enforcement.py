@@ -3,6 +3,8 @@
 Only **enforce** rules act. ``stop`` > ``replace`` > ``ablate``/``clamp`` > ``alert`` > ``log``
 at a token; among rules with the same action the higher severity wins, then the earlier rule.
 On one feature, ablate (→ 0) beats clamp (→ ``min(f, cap)``), and two clamps take the lower cap.
+A cap may be negative ("clamping negatively": the feature is set to the cap, also where it is 0);
+ablate still beats it, as the contract fixes precedence by action, not by the value reached.
 """
 
 from __future__ import annotations

@@ -62,7 +62,10 @@ def action_text(act: Any) -> str:
         what = f"list {act.list_}" if act.list_ else ", ".join(act.features or [])
         if isinstance(act, s.AblateAction):
             return f"ablate (set to 0) {what}"
-        cap = _num(act.value) if act.value is not None else f"{_num(act.scale or 0)} × scale"
+        num = act.value if act.value is not None else act.scale or 0.0
+        cap = _num(num) if act.value is not None else f"{_num(num)} × scale"
+        if num < 0:  # activations are >= 0: min(f, cap) is cap on every active token
+            return f"clamp {what} negatively: set to {cap} on every active token"
         return f"clamp {what} to at most {cap}"
     if isinstance(act, s.ReplaceAction):
         return f'end the output and substitute "{act.message[:60]}"'

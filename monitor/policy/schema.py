@@ -92,13 +92,19 @@ class AblateAction(Strict):
 
 
 class ClampAction(Strict):
-    """Cap the features at ``value`` (absolute) or ``scale`` × each feature's scale."""
+    """Cap the features at ``value`` (absolute) or ``scale`` × each feature's scale.
+
+    A clamp sets ``f → min(f, cap)`` while the rule is active. A negative cap (``value: -5``, or
+    ``scale: -0.5`` = −0.5 × the feature's scale) is "clamping negatively": SAE activations are
+    ≥ 0, so every active token gets the feature at exactly ``cap``, including tokens where it
+    was 0, which pushes the activation along minus the feature's decoder direction.
+    """
 
     type: Literal["clamp"]
     features: list[Name] | None = Field(default=None, min_length=1)
     list_: Name | None = Field(default=None, alias="list")
-    value: Threshold | None = Field(default=None, ge=0)
-    scale: Threshold | None = Field(default=None, ge=0)
+    value: Threshold | None = None
+    scale: Threshold | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClampAction:

@@ -48,6 +48,13 @@ class BoundSAE:
         """``(B, T, d_in) -> (B, T, K_sae)``: the subset encode, outlier tokens zeroed."""
         return zero_outliers(x, self.encoder(x), self.norm_cutoff)
 
+    def read(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(B, T, d_in) -> (B, T, 1)`` bool: tokens whose features are read (not outliers);
+        None when the SAE records no outlier cutoff (every token is read)."""
+        if self.norm_cutoff is None:
+            return None
+        return x.norm(dim=-1, keepdim=True) <= self.norm_cutoff  # (B, T, 1)
+
 
 @dataclass
 class HookGroup:
@@ -80,6 +87,15 @@ def edited_columns(policy: CompiledPolicy) -> set[int]:
     return {int(c) for c in torch.cat([t.ablate_col, t.clamp_col]).tolist()}
 
 
+def has_negative_clamp(policy: CompiledPolicy) -> bool:
+    """Whether an enforce rule clamps below 0 (a negative cap): such an edit changes a feature
+    that reads 0, so it must skip the tokens whose features are not read at all (a row's
+    ignored first token, massive-activation outliers), which ablate and a cap ≥ 0 leave alone
+    by themselves (their value reads 0 and stays 0)."""
+    t = policy.tensors
+    return bool((t.clamp_val[t.enforce[t.clamp_rule]] < 0).any())
+
+
 class PolicyBinding:
     """A compiled policy bound to a model and its SAEs; immutable after construction."""
 
@@ -93,6 +109,7 @@ class PolicyBinding:
         self.policy = policy
         self.evaluator = evaluator or Evaluator(policy)
         self.edited = edited_columns(policy)
+        self.negative_clamp = has_negative_clamp(policy)  # edits then skip tokens not read
         dtype = next(model.parameters()).dtype
         groups: dict[str, list[BoundSAE]] = {}
         points: dict[str, HookPoint] = {}

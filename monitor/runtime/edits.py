@@ -58,8 +58,10 @@ def edit_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``active (B, T, R)`` bool rules, ``x (B, T, K)`` float32 pre-intervention values →
     ``(new (B, T, K) in dtype, intervene (B, T, K) bool)``: ablate (→ 0) beats clamp
-    (→ ``min(f, cap)``), two clamps take the lower cap (CONTRACTS). ``active_f`` is ``active``
-    as float32 when the caller has it already."""
+    (→ ``min(f, cap)``), two clamps take the lower cap (CONTRACTS). A negative cap gives the
+    cap itself (activations are ≥ 0), also where ``f`` is 0: ``intervene`` marks every feature
+    an active rule covers, whether or not its value changes. ``active_f`` is ``active`` as
+    float32 when the caller has it already."""
     B, T, K = x.shape
     ab = None
     if t.ablate_dense is not None:  # counts of 0/1 are exact: the same columns as below

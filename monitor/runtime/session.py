@@ -52,6 +52,7 @@ class _Forward:
     health: bool = False  # sample SAE health in this forward (host decision, no read)
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # group -> (B, n, d) input
     eligible: torch.Tensor | None = None  # (B, n) valid and not a row's first token
+    first: torch.Tensor | None = None  # (B, n) a row's first token, read as all-zero
 
 
 class Session(HostSide):
@@ -196,6 +197,7 @@ class Session(HostSide):
             if self.ignore_first and not self._all_started:
                 first = valid & (self.state.count + valid.long().cumsum(1) == 1)
                 acts = acts.masked_fill(first.unsqueeze(-1), 0)
+                fwd.first = first
         if fwd.health:  # token index > 0 (state.pos is advanced by the evaluator below)
             fwd.eligible = valid & (self.state.count + valid.long().cumsum(1) > 1)
         p = self._prompt_cols(fwd)
@@ -222,18 +224,28 @@ class Session(HostSide):
         self, group: HookGroup, x: torch.Tensor, fwd: _Forward, step: Step
     ) -> torch.Tensor | None:
         """x with the step's ablate/clamp deltas on the new columns (and, without a KV cache,
-        the earlier columns' recorded edits replayed)."""
+        the earlier columns' recorded edits replayed).
+
+        With a negative clamp (:attr:`PolicyBinding.negative_clamp`), tokens whose features are
+        not read (a row's ignored first token, outliers) are not edited: there a feature reads
+        0 without being 0, and only a negative cap would move it."""
         if not group.edits or step.acts is None:
             return None
         dev = x.device
+        unread = self.binding.negative_clamp
         new, mask = step.targets  # (B, n, K): NaN/inf tokens are never edited
+        if unread and fwd.first is not None:
+            mask = mask & ~fwd.first.unsqueeze(-1)  # (B, n, K)
         new, mask, acts = _on(new, dev), _on(mask, dev), _on(step.acts, dev)
-        x_new = x if fwd.offset == 0 else x[:, fwd.offset :]
+        x_new = x0 = x if fwd.offset == 0 else x[:, fwd.offset :]
         for b in group.saes:
             if b.editor is not None:
                 f, nb, mb = acts, new, mask  # (B, n, K_s) this SAE's columns
                 if not self.binding.single:
                     f, nb, mb = acts[..., b.cols], new[..., b.cols], mask[..., b.cols]
+                read = b.read(x0) if unread else None  # (B, n, 1) not an outlier
+                if read is not None:
+                    mb = mb & read
                 diff = torch.where(mb, nb - f, 0)  # 0 where nothing changes
                 x_new = b.editor.apply_delta(x_new, diff)
         out = x_new
@@ -255,10 +267,13 @@ class Session(HostSide):
             return old
         target, mask = self.edits[group.index]  # (B, seen, K)
         target, mask = target[:, start:], mask[:, start:]
+        old0 = old
         for b in group.saes:
             if b.editor is not None:
                 f = b.encode(old)  # (B, n_old, K_s) recomputed pre-intervention values
-                old = b.editor.apply(old, f, target[..., b.cols], mask[..., b.cols])
+                mb = mask[..., b.cols]  # (B, n_old, K_s); the first tokens are left out already
+                read = b.read(old0) if self.binding.negative_clamp else None
+                old = b.editor.apply(old, f, target[..., b.cols], mb if read is None else mb & read)
         return old
 
     # ---- host side --------------------------------------------------------------------------

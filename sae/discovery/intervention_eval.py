@@ -9,8 +9,10 @@ For each prompt (a request for a scam email, say):
    the real runtime: ``monitor.attach`` with a *forced* policy, one rule with the target
    features, ``scope: completion`` and a condition that always holds (``not: above 1e30``).
    ``clamp`` (set the features to ``value``, typically negative) runs through
-   :class:`sae.intervene.FeatureEditor` hooks, because a policy ``clamp`` is a non-negative cap
-   (``min(f, cap)``) and cannot push a feature below 0. Both keep the SAE's error term.
+   :class:`sae.intervene.FeatureEditor` hooks. For ``value ≤ 0`` that is exactly what a policy
+   ``clamp`` with that value does at runtime (a cap, ``min(f, value)``, is ``value`` when
+   ``f ≥ 0``; outlier tokens are left alone by both); a positive value here sets the features,
+   where a policy clamp only caps them. Both keep the SAE's error term.
 3. **Measured on the same tokens**: prompt + baseline completion is teacher-forced once. At the
    hook, ``before`` are the targeted features' values (the monitor's encode: subset encode,
    outlier tokens zeroed); the edit is applied to the completion tokens and the *edited*

@@ -125,3 +125,30 @@ tests:
     assert "PASS" in out and "FAIL" in out
     assert "- missing:    r @ token 0" in out and "+ unexpected: r @ token 1" in out
     assert "1 passed, 1 failed, 0 skipped" in out
+
+
+def test_explain_and_policy_test_with_a_negative_clamp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = """
+- {id: neg, severity: high, condition: {feature: a, above: 1.0}, hold: 2,
+   actions: [{type: clamp, features: [a], value: -5}, {type: clamp, list: ab, scale: -0.5}]}
+- {id: cap, severity: low, condition: {feature: b, above: 1.0},
+   actions: [{type: clamp, features: [b], value: 2}]}
+"""
+    text = explain(policy(rules))
+    assert "clamp a negatively: set to -5 on every active token" in text
+    assert "clamp list ab negatively: set to -0.5 × scale on every active token" in text
+    assert "clamp b to at most 2" in text
+    write(tmp_path, "p.yaml", rules)
+    (tmp_path / "t.yaml").write_text("""policy: p.yaml
+d_sae: {main: 64}
+tests:
+  - name: negative clamp
+    prompt: {features: {a: [0, 2, 0, 0, 0], b: [0, 0, 0, 3, 0]}}
+    expect:
+      - {rule: neg, token: 1, actions: [clamp, clamp]}
+      - {rule: cap, token: 3, actions: [clamp]}
+""")
+    assert main(["policy", "test", str(tmp_path / "t.yaml")]) == 0
+    assert "1 passed, 0 failed, 0 skipped" in capsys.readouterr().out

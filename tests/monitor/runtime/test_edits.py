@@ -14,10 +14,14 @@ from tests.monitor.policy.helpers import policy
 ABLATE = "{type: ablate, features: [a]}"
 CLAMP_A = "{type: clamp, features: [a, b], value: 1.5}"
 CLAMP_AB = "{type: clamp, list: ab, scale: 0.25}"
+NEGATIVE_A = "{type: clamp, features: [a], value: -1.5}"
+NEGATIVE_AB = "{type: clamp, list: ab, scale: -0.25}"
 RULES = {
     "ablate only": [ABLATE, "{type: ablate, list: ab}"],
     "clamp only": [CLAMP_A, CLAMP_AB],
     "both": [ABLATE, CLAMP_A, CLAMP_AB, "{type: stop}"],
+    "negative clamps": [NEGATIVE_A, NEGATIVE_AB, CLAMP_A],
+    "ablate and negative clamps": [NEGATIVE_AB, ABLATE, NEGATIVE_A],
     "none": ["{type: log}"],
 }
 
@@ -46,6 +50,7 @@ def test_edit_targets_equal_enforcement(
     gen = torch.Generator().manual_seed(len(kind) + (shadow or 0))
     B, T = 3, 5
     acts = (torch.rand(B, T, p.K, generator=gen) * 4).to(dtype)
+    acts[:, 2] = 0  # a token where every feature is 0: only a negative cap moves it
     acts[0, 1, 0] = float("nan")  # NaN propagates the same way
     x = acts.float()
     valid = torch.ones(B, T, dtype=torch.bool)
