@@ -7,7 +7,9 @@ opened for append, line-buffered and flushed per event), with its own processor 
 Event fields (``"schema": 1``): ``schema``, ``event``, ``time`` (ISO 8601, UTC), ``policy``,
 ``policy_version``, ``policy_sha256``, ``context`` (the request context as given: request_id,
 tenant, user, route ...), ``row``, ``token_index``, ``phase``, ``rule``, ``severity``, ``mode``,
-``features`` (name → value at the match), ``probes`` (when given), ``actions`` (the rule's
+``features`` (name → value at the match, of the features the rule reads directly), ``probes``
+(score of each probe the rule reads), ``probe_features`` (per probe, the inputs with the largest
+contributions ``w_i · f_i`` at the matching token), ``actions`` (the rule's
 action kinds; carried out only when ``mode`` is enforce) and ``text`` only when the policy's
 ``audit.include_text`` is true, with every ``audit.redact`` pattern replaced by ``[REDACTED]``.
 
@@ -148,6 +150,7 @@ class AuditLog(Closing):
         context: Mapping[str, Any] | None = None,
         text: str | Callable[[], str] | None = None,
         probes: Mapping[str, float] | None = None,
+        probe_features: Mapping[str, Mapping[str, float]] | None = None,
         at: float | None = None,
         event: str = "rule_match",
     ) -> bool:
@@ -156,7 +159,8 @@ class AuditLog(Closing):
         ``features``: name → value, or the token's (K,) row of ``acts`` (the rule's features
         are picked from it). ``actions`` default to the rule's action kinds (carried out only when
         ``mode`` is enforce). ``text`` (or a callable giving it, called only when the policy
-        includes text) is the sequence so far. ``probes``: probe scores, added when given.
+        includes text) is the sequence so far. ``probes``: probe scores, added when given;
+        ``probe_features``: per probe, the inputs that contributed most at this token.
         ``at``: the match time (epoch seconds; default now). Returns False when the event was
         lost (``fail_open``); raises :class:`AuditSinkError` when lost under ``fail_closed``.
         """
@@ -185,6 +189,10 @@ class AuditLog(Closing):
         }
         if probes:
             fields["probes"] = {k: float(v) for k, v in probes.items()}
+        if probe_features:
+            fields["probe_features"] = {
+                p: {k: float(v) for k, v in fs.items()} for p, fs in probe_features.items()
+            }
         if at is not None:
             fields["time"] = at
         audit = policy.audit

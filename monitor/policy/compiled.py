@@ -52,7 +52,8 @@ class CompiledRule:
     index: int  # position in ``CompiledPolicy.rules`` and the R axis of every step tensor
     spec: schema.Rule
     severity_level: int  # 0 info … 4 critical
-    features: tuple[str, ...]  # feature names its condition and exceptions read
+    features: tuple[str, ...]  # feature names its condition and exceptions read (not via probes)
+    probes: tuple[str, ...] = ()  # probe names its condition and exceptions read
 
     @property
     def severity(self) -> str:
@@ -168,6 +169,13 @@ class CompiledPolicy:
     warnings: tuple[Any, ...] = field(default=())
 
     @property
+    def reported_features(self) -> tuple[str, ...]:
+        """Column names worth listing to people (scan output, explain): every column but the
+        inputs of weights-file probes, named ``probe[index]`` (brackets: no policy name has
+        them)."""
+        return tuple(n for n in self.feature_names if not n.endswith("]"))
+
+    @property
     def K(self) -> int:
         return len(self.feature_names)
 
@@ -196,3 +204,9 @@ class CompiledPolicy:
             if r.id == rule_id:
                 return r
         raise KeyError(rule_id)
+
+    def probe(self, name: str) -> CompiledProbe:
+        for p in self.probes:
+            if p.name == name:
+                return p
+        raise KeyError(name)

@@ -43,6 +43,7 @@ class _Builder:
         self.used: dict[str, None] = {}  # feature names read, in first-use order
         self.current: dict[str, None] = {}  # ... by the rule being built
         self.probes: dict[str, None] = {}
+        self.current_probes: dict[str, None] = {}  # probes read by the rule being built
 
     def use(self, name: str) -> None:
         self.used.setdefault(name)
@@ -82,9 +83,10 @@ class _Builder:
             return _gate([(inner, -1.0)], 0.0)
         if isinstance(cond, s.ProbeCond):
             probe = self.res.probes[cond.probe]
-            for f in probe.features:
-                self.use(f)
+            for f in probe.features:  # read, but reported through the probe (audit: top inputs)
+                self.used.setdefault(f)
             self.probes.setdefault(cond.probe)
+            self.current_probes.setdefault(cond.probe)
             thr = probe.spec.threshold if cond.above is None else cond.above
             if probe.spec.link == "logistic":  # compare logits: no sigmoid per token
                 thr = math.log(thr / (1.0 - thr))
@@ -152,8 +154,9 @@ def _columns(res: Resolved, used: Iterable[str]) -> tuple[tuple[CompiledSAE, ...
     for sname, spec in res.spec.saes.items():
         names = [n for n in used if res.features[n].sae == sname]
         indices = sorted({res.features[n].index for n in names})
+        pos = {idx: j for j, idx in enumerate(indices)}
         for n in names:
-            col[n] = offset + indices.index(res.features[n].index)
+            col[n] = offset + pos[res.features[n].index]
         info = res.saes.get(sname)
         path = str(info.path) if info is not None and info.path is not None else spec.path
         saes.append(
@@ -178,8 +181,9 @@ def compile_policy(res: Resolved, *, sha256: str) -> CompiledPolicy:
     rules = [r for r in spec.rules if r.enabled]
     cond_keys, exc_keys, exc_rules, ctx = [], [], [], []
     rule_feats: list[tuple[str, ...]] = []
+    rule_probes: list[tuple[str, ...]] = []
     for i, rule in enumerate(rules):
-        b.current = {}
+        b.current, b.current_probes = {}, {}
         cond_keys.append(b.build(rule.condition))
         for exc in rule.exceptions:
             exc_keys.append(TRUE if exc.when is None else b.build(exc.when))
@@ -190,6 +194,7 @@ def compile_policy(res: Resolved, *, sha256: str) -> CompiledPolicy:
                 else {k: (v,) if isinstance(v, str) else tuple(v) for k, v in exc.context.items()}
             )
         rule_feats.append(tuple(b.current))
+        rule_probes.append(tuple(b.current_probes))
         for act in rule.actions:
             if isinstance(act, s.AblateAction | s.ClampAction):
                 for n in b.names(act.features, act.list_):
@@ -221,7 +226,7 @@ def compile_policy(res: Resolved, *, sha256: str) -> CompiledPolicy:
         feature_scale=tuple(res.features[n].scale for n in names),
         export_columns=tuple(sorted({col[n] for n, f in res.features.items() if f.export})),
         rules=tuple(
-            CompiledRule(r.id, i, r, s.SEVERITY_LEVEL[r.severity], rule_feats[i])
+            CompiledRule(r.id, i, r, s.SEVERITY_LEVEL[r.severity], rule_feats[i], rule_probes[i])
             for i, r in enumerate(rules)
         ),
         disabled_rules=tuple(r.id for r in spec.rules if not r.enabled),

@@ -75,6 +75,8 @@ class MonitorDispatcher:
                         actions=list(ev.actions) if ev.enforced else [],
                         context=ev.context,
                         text=ev.text,
+                        probes=ev.probes,
+                        probe_features=ev.probe_features,
                     )
                 except Exception as exc:  # AuditSinkError under fail_closed
                     error = error or exc

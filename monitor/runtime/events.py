@@ -44,12 +44,14 @@ class MatchEvent:
     mode: str  # "enforce" | "shadow"
     actions: tuple[str, ...]
     features: Mapping[str, float]
-    probes: Mapping[str, float]
+    probes: Mapping[str, float]  # score (logit for logistic probes) of each probe the rule reads
     policy: str
     revision: str | None
     sha256: str
     text: str | None = None  # an excerpt ending at the token, only when audit.include_text
     time: float = field(default_factory=time.time)
+    # probe → its inputs with the largest contributions w_i · f_i at this token (top 5)
+    probe_features: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def enforced(self) -> bool:

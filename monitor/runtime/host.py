@@ -44,6 +44,7 @@ class HostSide:
         acts = step.acts_f32[bt[:, 0], bt[:, 1]].tolist() if step.acts_f32 is not None else None
         probes = step.probe_scores[bt[:, 0], bt[:, 1]].tolist()  # (hits, P)
         tok = step.token_index[bt[:, 0], bt[:, 1]].tolist()
+        tops = self._probe_tops(step, bt, [pol.rules[r] for *_, r in hits])
         out = []
         for i, (b, t, r) in enumerate(hits):
             rule = pol.rules[r]
@@ -63,7 +64,8 @@ class HostSide:
                 mode=rule.mode,
                 actions=rule.action_kinds,
                 features=feats,
-                probes={p.name: float(probes[i][p.index]) for p in pol.probes},
+                probes={n: float(probes[i][pol.probe(n).index]) for n in rule.probes},
+                probe_features=tops[i],
                 policy=pol.name,
                 revision=pol.revision,
                 sha256=pol.sha256,
@@ -81,6 +83,29 @@ class HostSide:
                     feats,
                 )
             )
+        return out
+
+    def _probe_tops(
+        self, step: Step, bt: torch.Tensor, rules: list[Any], top: int = 5
+    ) -> list[dict[str, dict[str, float]]]:
+        """Per hit: for each probe its rule reads, the inputs with the largest contributions
+        ``w_i · f_i`` at the matching token (what drove the score there)."""
+        pol = self.policy
+        out: list[dict[str, dict[str, float]]] = [{} for _ in rules]
+        if step.acts_f32 is None or not any(r.probes for r in rules):
+            return out
+        acts = step.acts_f32[bt[:, 0], bt[:, 1]]  # (hits, K)
+        for i, rule in enumerate(rules):
+            for name in rule.probes:
+                p = pol.probe(name)
+                contrib = acts[i] * pol.tensors.probe_w[:, p.index].to(acts.device)  # (K,)
+                val, col = contrib.topk(min(top, contrib.numel()))
+                own = {pol.feature_columns[n]: n for n in p.features}  # the probe's own names
+                out[i][name] = {
+                    own.get(c, pol.feature_names[c]): round(float(v), 6)
+                    for v, c in zip(val.tolist(), col.tolist(), strict=True)
+                    if v > 0
+                }
         return out
 
     def _excerpt(self, b: int, col: int, width: int = 16) -> str | None:

@@ -87,3 +87,41 @@ def test_audit_failure_under_fail_closed_stops_the_row(world: World) -> None:
     pad = world.model.generation_config.pad_token_id
     assert (out[b, world.L0 :] == pad).all()
     assert col < world.L0
+
+
+def test_probe_match_audit_lists_the_inputs_that_drove_the_score(world: World) -> None:
+    from monitor.policy.catalog import sae_fingerprint
+    from sae.loading import save_sae
+
+    d = world.tmp / "probe"
+    d.mkdir(exist_ok=True)
+    save_sae(world.sae, d / "sae")
+    sha = sae_fingerprint(d / "sae")
+    (d / "cat.yaml").write_text(
+        "catalog_version: 1\n"
+        f'sae: {{name: sae, sha256: "{sha}"}}\n'
+        "features: [{name: a, index: 0}, {name: b, index: 1}, {name: c, index: 5}]\n"
+        "probes:\n"
+        "  p: {features: [a, b, c], weights: [2.0, 0.5, -1.0], bias: 0.0, link: linear,\n"
+        f'      threshold: 0.0, sae_sha256: "{sha}"}}\n'
+    )
+    rules = "- {id: pr, severity: high, condition: {probe: x.p}, actions: [{type: log}]}\n"
+    extra = 'imports: [{catalog: cat.yaml, sae: main, prefix: "x."}]\n'
+    pol = world.policy(rules, "probe", extra=extra)
+    assert pol.rule("pr").features == () and pol.rule("pr").probes == ("x.p",)
+    sink = io.StringIO()
+    d_ = Both(MonitorDispatcher(Metrics(CollectorRegistry()), AuditLog(sink)))
+    with monitor.attach(world.model, pol, dispatcher=d_) as g:
+        world.generate(g)
+    lines = [json.loads(x) for x in sink.getvalue().splitlines()]
+    assert lines and len(lines) == len(d_.events)
+    for line in lines:
+        assert line["features"] == {}  # probe inputs are reported through the probe
+        score = line["probes"]["x.p"]
+        tops = line["probe_features"]["x.p"]
+        assert tops and set(tops) <= {"x.a", "x.b"}  # only positive contributions
+        assert all(v > 0 for v in tops.values())
+        assert score <= sum(tops.values()) + 1e-5  # the negative input only lowers the score
+    # row 0's planted feature 0 drives the probe there: 2.0 × its activation
+    ev = next(e for e in d_.events if e.row == 0 and e.token_index == world.token(0))
+    assert "x.a" in ev.probe_features["x.p"]
