@@ -7,13 +7,23 @@ from pathlib import Path
 from typing import Any
 
 WORDS = "features show"
-HELP = "top-activating contexts, histogram, density and logit lens of one feature"
+HELP = (
+    "top-activating contexts, histogram, density and logit lens of one feature; or a probe's "
+    "top inputs"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sae.discovery.cliutil import add_stack_args
 
-    parser.add_argument("index", type=int, metavar="IDX", help="feature index")
+    parser.add_argument("index", type=int, nargs="?", metavar="IDX", help="feature index")
+    parser.add_argument(
+        "--probe",
+        metavar="NAME",
+        help="instead of one feature: a probe's top positive and negative inputs, with their "
+        "catalog labels and the tokens each promotes (needs --catalog)",
+    )
+    parser.add_argument("--catalog", type=Path, metavar="FILE", help="the catalog of --probe")
     add_stack_args(parser, span="all")
     parser.add_argument(
         "--corpus",
@@ -40,9 +50,63 @@ def corpus_items(spec: str | None, limit: int) -> tuple[str, list[Any]]:
     return spec, load_items(spec)[:limit]
 
 
+def run_probe(args: argparse.Namespace) -> int:
+    from monitor.policy.catalog import load_catalog
+    from sae.discovery.cliutil import dump_json, stack_from_args
+    from sae.discovery.inspect import logit_lens
+    from sae.discovery.probe_catalog import probe_inputs, top_inputs
+    from sae.errors import FeatureguardError
+
+    if args.catalog is None:
+        raise FeatureguardError("--probe needs --catalog FILE")
+    cat = load_catalog(args.catalog)
+    inputs = probe_inputs(cat, args.probe)
+    pos, neg = top_inputs(inputs, args.top)
+    stack = stack_from_args(args)
+    lens = {
+        i: [t for t, _ in logit_lens(stack.model, stack.tokenizer, stack.sae, i, k=4)[0]]
+        for _, i, _, _ in pos + neg
+    }
+    spec = cat.probes[args.probe]
+    side = lambda rows: [  # noqa: E731
+        {"name": n, "index": i, "weight": w, "label": lab, "promotes": lens[i]}
+        for n, i, w, lab in rows
+    ]
+    if args.json:
+        print(
+            dump_json(
+                {
+                    "probe": args.probe,
+                    "inputs": len(inputs),
+                    "positive": side(pos),
+                    "negative": side(neg),
+                }
+            )
+        )
+        return 0
+    where = f"weights file {spec.weights_file}" if spec.is_file else "inline"
+    print(
+        f"probe {args.probe} ({len(inputs)} inputs, {where}; pooling {spec.pooling}, "
+        f"{spec.link} threshold {spec.threshold:.6g}, bias {spec.bias:+.4g})"
+    )
+    for title, rows in (("raise the score", pos), ("lower the score", neg)):
+        print(f"top inputs that {title}:")
+        for n, i, w, lab in rows:
+            label = f" — {lab}" if lab and lab != "(probe input)" else ""
+            toks = " ".join(repr(t) for t in lens[i])
+            print(f"  {w:+10.4f}  {n} (#{i}){label}; promotes {toks}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from sae.discovery.cliutil import dump_json, stack_from_args
     from sae.discovery.inspect import highlight, histogram, html_report, inspect_feature
+    from sae.errors import FeatureguardError
+
+    if args.probe:
+        return run_probe(args)
+    if args.index is None:
+        raise FeatureguardError("give a feature index, or --probe NAME --catalog FILE")
 
     name, items = corpus_items(args.corpus, args.limit)
     stack = stack_from_args(args)

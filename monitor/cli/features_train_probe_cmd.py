@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--folds", type=int, default=5, help="CV folds (default: 5)")
     parser.add_argument(
+        "--max-iter",
+        type=int,
+        default=150,
+        help="L-BFGS iterations per fit (default: %(default)s; fewer = earlier stop)",
+    )
+    parser.add_argument(
         "--lambdas",
         default="0.001,0.01,0.1,1",
         metavar="LIST",
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         replace=args.replace,
         sources=(args.positive, args.negative, args.calibration_negative),
         lambdas=lambdas,
+        max_iter=args.max_iter,
     )
     if args.json:
         print(dump_json(out))

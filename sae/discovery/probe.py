@@ -146,7 +146,7 @@ def fit(
     # features a poor start leaves L-BFGS far from a good optimum.
     vf = z.mask.unsqueeze(-1).float()  # (N, T, 1)
     row_mean = (z.x * vf).sum(1) / vf.sum(1).clamp_min(1.0)  # (N, K)
-    v0, c0 = _fit_rows(row_mean, yf, weight, penalty, lam, max_iter)
+    v0, c0 = _fit_rows(row_mean, yf, weight, penalty, lam, max(200, max_iter))  # cheap: (N, K)
     v = v0.clone().requires_grad_(True)
     c = c0.clone().requires_grad_(True)
 
@@ -243,6 +243,7 @@ def fit_cv(
     calib_rows: torch.Tensor | None = None,
     sustain: int = 1,
     seed: int = 0,
+    max_iter: int = 150,
 ) -> ProbeFit:
     """Choose the penalty by stratified k-fold AUC, refit on everything, calibrate.
 
@@ -258,7 +259,15 @@ def fit_cv(
         scores, aucs = torch.zeros(y.numel()), []
         for f in range(k):
             tr, te = (fold != f).nonzero().flatten(), (fold == f).nonzero().flatten()
-            w, b = fit(batch.take(tr), y[tr], pool=pool, penalty=penalty, lam=lam, sustain=sustain)
+            w, b = fit(
+                batch.take(tr),
+                y[tr],
+                pool=pool,
+                penalty=penalty,
+                lam=lam,
+                sustain=sustain,
+                max_iter=max_iter,
+            )
             scores[te] = row_scores(batch.take(te), w, b, pool, sustain)
             if 0 < int(y[te].sum()) < te.numel():
                 aucs.append(float(auc(scores[te][y[te] == 1], scores[te][y[te] == 0])))
@@ -266,7 +275,7 @@ def fit_cv(
         cv[lam] = (float(t.mean()), float(t.std()) if len(aucs) > 1 else 0.0)
         oof[lam] = scores
     best = max(lambdas, key=lambda lam: (cv[lam][0], lam))  # ties → the stronger penalty
-    w, b = fit(batch, y, pool=pool, penalty=penalty, lam=best, sustain=sustain)
+    w, b = fit(batch, y, pool=pool, penalty=penalty, lam=best, sustain=sustain, max_iter=max_iter)
     parts, sources = [], []
     if calib_rows is not None and calib_rows.numel():
         parts.append(oof[best][calib_rows])

@@ -61,6 +61,37 @@ def resolve_features(spec: str, cat: Catalog, d_sae: int | None = None) -> list[
     return list(dict.fromkeys(out))
 
 
+def probe_inputs(cat: Catalog, name: str) -> list[tuple[str, int, float, str]]:
+    """``(name, index, weight, label)`` of every input of probe ``name`` in ``cat``: the
+    catalog's name and description when it lists the index, else ``#index`` and ``""``."""
+    probe = cat.probes.get(name)
+    if probe is None:
+        have = ", ".join(sorted(cat.probes)) or "none"
+        raise FeatureguardError(f"the catalog has no probe '{name}' (it has: {have})")
+    by_index = {f.index: f for f in cat.features}
+    by_name = {f.name: f for f in cat.features}
+    if probe.is_file:
+        idx, w = probe.file_inputs()
+        return [
+            (by_index[i].name, i, v, by_index[i].description)
+            if i in by_index
+            else (f"#{i}", i, v, "")
+            for i, v in zip(idx, w, strict=True)
+        ]
+    return [
+        (n, by_name[n].index, v, by_name[n].description)
+        for n, v in zip(probe.features, probe.weights, strict=True)
+    ]
+
+
+def top_inputs(
+    inputs: Sequence[tuple[str, int, float, str]], k: int
+) -> tuple[list[tuple[str, int, float, str]], list[tuple[str, int, float, str]]]:
+    """The ``k`` most positive and ``k`` most negative weights (each side only its sign)."""
+    ranked = sorted(inputs, key=lambda t: -t[2])
+    return [t for t in ranked[:k] if t[2] > 0], [t for t in ranked[::-1][:k] if t[2] < 0]
+
+
 def _lead(values: torch.Tensor, span: str) -> torch.Tensor:
     """Prepend the runtime's first token (all features 0) to a span that starts there."""
     if span != "all":
@@ -195,7 +226,8 @@ def train_probe(
     replace: bool = False,
     sources: tuple[str, str, str | None] = ("", "", None),
     lambdas: Sequence[float] = DEFAULT_LAMBDAS,
-    inline_max: int = INLINE_MAX,
+    inline_max: int | None = None,
+    max_iter: int = 150,
 ) -> dict[str, Any]:
     """Train, calibrate and catalog a probe; returns a JSON-able summary.
 
@@ -227,9 +259,10 @@ def train_probe(
         calib_rows=calib_rows,
         sustain=sustain,
         lambdas=lambdas,
+        max_iter=max_iter,
     )
     stored = None
-    if len(idx) > inline_max:  # too many to review inline: weights file next to the catalog
+    if len(idx) > (INLINE_MAX if inline_max is None else inline_max):  # too many to review inline
         names = [f"#{i}" for i in idx]
         stored = write_probe_file(catalog, name, idx, fit.w)
     else:

@@ -265,3 +265,31 @@ def test_greedy_probe_held_for_n_tokens_and_a_probe_over_its_features(
         )
     )
     assert second["features"] == first["features"] and second["pooling"] == "token"
+
+
+def test_whole_dictionary_probe_goes_to_a_weights_file_and_shows_its_top_inputs(
+    tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sae.discovery.probe_catalog as pc
+
+    monkeypatch.setattr(pc, "INLINE_MAX", 16)  # the tiny SAE has 64 features
+    sae, det, cat = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det", tiny_stack_dir / "c4.yaml"
+    out = json.loads(
+        _run(
+            capsys,
+            *["features", "train-probe", "--positive", f"{det}:scam:train"],
+            *["--negative", f"{det}:benign:train", "--catalog", str(cat), "--sae", sae],
+            *["--folds", "3", "--json", "--name", "d", "--features", "all", "--pool", "mean"],
+            *["--lambdas", "0.01", "--max-iter", "20"],
+        )
+    )
+    assert out["weights_file"] == "c4.probes/d.safetensors" and len(out["features"]) == 64
+    probe = load_catalog(cat).probes["d"]
+    assert probe.is_file and probe.file_inputs()[0] == tuple(range(64))
+    assert "    features:" not in cat.read_text()  # no 64 inline entries
+    text = _run(capsys, "features", "show", "--probe", "d", "--catalog", str(cat), "--sae", sae)
+    assert "probe d (64 inputs, weights file c4.probes/d.safetensors" in text
+    assert "top inputs that raise the score:" in text and "top inputs that lower" in text
+    w = probe.file_inputs()[1]
+    best = max(range(64), key=lambda i: w[i])
+    assert f"(#{best})" in text.split("that lower")[0]  # the largest weight is listed first
