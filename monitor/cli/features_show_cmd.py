@@ -51,7 +51,7 @@ def corpus_items(spec: str | None, limit: int) -> tuple[str, list[Any]]:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from monitor.policy.catalog import load_catalog
+    from sae.discovery import catalog_io as cio
     from sae.discovery.cliutil import dump_json, stack_from_args
     from sae.discovery.inspect import logit_lens
     from sae.discovery.probe_catalog import probe_inputs, top_inputs
@@ -59,10 +59,12 @@ def run_probe(args: argparse.Namespace) -> int:
 
     if args.catalog is None:
         raise FeatureguardError("--probe needs --catalog FILE")
-    cat = load_catalog(args.catalog)
+    if not args.catalog.exists():
+        raise FeatureguardError(f"no catalog at {args.catalog}")
+    stack = stack_from_args(args)
+    cat = cio.open_catalog(args.catalog, stack)  # refuses a catalog made for another SAE
     inputs = probe_inputs(cat, args.probe)
     pos, neg = top_inputs(inputs, args.top)
-    stack = stack_from_args(args)
     lens = {
         i: [t for t, _ in logit_lens(stack.model, stack.tokenizer, stack.sae, i, k=4)[0]]
         for _, i, _, _ in pos + neg
@@ -104,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from sae.errors import FeatureguardError
 
     if args.probe:
+        if args.index is not None:
+            raise FeatureguardError("give a feature index or --probe, not both")
         return run_probe(args)
     if args.index is None:
         raise FeatureguardError("give a feature index, or --probe NAME --catalog FILE")

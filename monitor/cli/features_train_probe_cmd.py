@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 WORDS = "features train-probe"
@@ -55,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-iter",
         type=int,
         default=150,
-        help="L-BFGS iterations per fit (default: %(default)s; fewer = earlier stop)",
+        help="L-BFGS iterations of each probe fit (default: %(default)s; fewer = earlier stop; "
+        "the warm start on row means always runs at least 200)",
     )
     parser.add_argument(
         "--lambdas",
@@ -92,10 +94,12 @@ def run(args: argparse.Namespace) -> int:
         lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
     except ValueError:
         lambdas = []
-    if not lambdas or any(v < 0 for v in lambdas):
+    if not lambdas or any(not math.isfinite(v) or v < 0 for v in lambdas):
         raise FeatureguardError(
             f"--lambdas: expected non-negative numbers separated by commas, not {args.lambdas!r}"
         )
+    if args.max_iter < 1:
+        raise FeatureguardError(f"--max-iter must be at least 1, not {args.max_iter}")
     stack = stack_from_args(args)
     out = train_probe(
         stack,
@@ -122,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
         print(dump_json(out))
         return 0
     cal = out["calibration"]
+    n_features = out["features"] if isinstance(out["features"], int) else len(out["features"])
     held = f", held for {out['sustain']} tokens" if out["sustain"] > 1 else ""
     print(
-        f"probe {out['probe']} ({len(out['features'])} features, pooling {out['pooling']}{held}) "
+        f"probe {out['probe']} ({n_features} features, pooling {out['pooling']}{held}) "
         f"→ {out['catalog']}"
         + (f" (weights in {out['weights_file']})" if out["weights_file"] else "")
     )

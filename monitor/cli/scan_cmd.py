@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     totals: Counter[str] = Counter()
     n_lines = n_errors = n_flagged = 0
     with monitor.attach(lm.model, args.policy, tokenizer=lm.tokenizer) as guarded:
-        names = guarded.policy.reported_features  # not the inputs of weights-file probes
+        pol = guarded.policy  # named features only, not the inputs of weights-file probes
+        names = {n: pol.feature_columns[n] for n in pol.reported_features}
         pending: list[tuple[int, Any, Any]] = []
         results: dict[int, dict[str, Any]] = {}
 

@@ -167,13 +167,16 @@ class CompiledPolicy:
     tensors: PolicyTensors
     spec: schema.PolicySpec
     warnings: tuple[Any, ...] = field(default=())
+    input_only: tuple[bool, ...] = field(default=())  # (K,) column read only by file probes
+    data_files: tuple[str, ...] = field(default=())  # probe weights files (reload watches them)
 
     @property
     def reported_features(self) -> tuple[str, ...]:
         """Column names worth listing to people (scan output, explain): every column but the
-        inputs of weights-file probes, named ``probe[index]`` (brackets: no policy name has
-        them)."""
-        return tuple(n for n in self.feature_names if not n.endswith("]"))
+        unnamed inputs of weights-file probes (``probe[index]``)."""
+        if not self.input_only:
+            return self.feature_names
+        return tuple(n for n, io in zip(self.feature_names, self.input_only, strict=True) if not io)
 
     @property
     def K(self) -> int:

@@ -208,9 +208,14 @@ def compile_policy(res: Resolved, *, sha256: str) -> CompiledPolicy:
     probe_col = {n: p for p, n in enumerate(probe_names)}
     roots, circuit = _circuit(cond_keys + exc_keys, col, probe_col, K)
     tensors = _rule_tensors(res, rules, col, K, probe_names, roots, exc_rules, circuit)
-    names = [""] * K
+    names = [""] * K  # a column's name: the first name read there, named features first
     for n, c in col.items():
-        names[c] = names[c] or n
+        if not names[c] or (res.features[names[c]].input_only and not res.features[n].input_only):
+            names[c] = n
+    scales: list[float | None] = [None] * K  # the first scale any name of the column declares
+    for n, c in col.items():
+        if scales[c] is None:
+            scales[c] = res.features[n].scale
     blocking = any(
         r.mode == "enforce" and {a.type for a in r.actions} & {"stop", "replace"} for r in rules
     )
@@ -223,7 +228,9 @@ def compile_policy(res: Resolved, *, sha256: str) -> CompiledPolicy:
         saes=saes,
         feature_names=tuple(names),
         feature_columns=dict(col),
-        feature_scale=tuple(res.features[n].scale for n in names),
+        feature_scale=tuple(scales),
+        input_only=tuple(res.features[n].input_only for n in names),
+        data_files=tuple(str(f) for f in res.data_files),
         export_columns=tuple(sorted({col[n] for n, f in res.features.items() if f.export})),
         rules=tuple(
             CompiledRule(r.id, i, r, s.SEVERITY_LEVEL[r.severity], rule_feats[i], rule_probes[i])

@@ -135,7 +135,7 @@ def explain(p: CompiledPolicy, top: int = 5) -> str:
         out.append(f"  SAE {sae.name} ({src}, hook {sae.hook or '?'}, width {sae.d_sae or '?'})")
         inputs_only = 0
         for c in range(sae.offset, sae.offset + len(sae.indices)):
-            if p.feature_names[c].endswith("]"):  # `probe[index]`: a weights-file probe input
+            if p.input_only and p.input_only[c]:  # `probe[index]`: a weights-file probe input
                 inputs_only += 1
                 continue
             scale = p.feature_scale[c]

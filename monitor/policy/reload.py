@@ -124,8 +124,10 @@ class PolicyWatcher:
 
     def _watched(self) -> list[Path]:
         base = self.path.parent
-        cats = [Path(i.catalog) for i in self._snapshot.policy.spec.imports]
-        return [self.path, *(c if c.is_absolute() else base / c for c in cats)]
+        policy = self._snapshot.policy
+        cats = [Path(i.catalog) for i in policy.spec.imports]
+        cats = [c if c.is_absolute() else base / c for c in cats]
+        return [self.path, *cats, *(Path(f) for f in policy.data_files)]
 
     def _compile(
         self, raw: bytes, source: str | None = None

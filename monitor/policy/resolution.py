@@ -29,6 +29,7 @@ class ResolvedFeature:
     scale: float | None
     export: bool
     description: str
+    input_only: bool = False  # an unnamed input of a weights-file probe (``probe[index]``)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Resolved:
     features: dict[str, ResolvedFeature] = field(default_factory=dict)
     probes: dict[str, ResolvedProbe] = field(default_factory=dict)
     import_bytes: list[bytes] = field(default_factory=list)
+    data_files: list[Path] = field(default_factory=list)  # weights files the catalogs pin
 
 
 def walk(cond: Any, path: Path_) -> Iterator[tuple[Any, Path_]]:
@@ -196,8 +198,18 @@ class Resolver:
                     (*path, "catalog"),
                 )
             for pname, probe in cat.probes.items():
+                if imp.prefix + pname in self.out.probes:
+                    self.err(
+                        "FG317",
+                        f"probe '{imp.prefix + pname}' is defined by two imports; give one "
+                        "of them a 'prefix'",
+                        (*path, "catalog"),
+                    )
+                    continue
                 if probe.is_file:
                     names, weights = self.file_probe_inputs(imp, cat, pname, probe, path)
+                    wf = Path(str(probe.weights_file))
+                    self.out.data_files.append(wf if wf.is_absolute() else cat_path.parent / wf)
                 else:
                     names = tuple(imp.prefix + n for n in probe.features)
                     weights = tuple(probe.weights)
@@ -213,13 +225,20 @@ class Resolver:
         indices, weights = probe.file_inputs()
         by_index = {f.index: imp.prefix + f.name for f in cat.features}
         names = []
+        desc = f"input of probe '{imp.prefix}{pname}'"
         for idx in indices:
             name = by_index.get(idx, f"{imp.prefix}{pname}[{idx}]")
-            if name not in self.out.features:
-                desc = f"input of probe '{imp.prefix}{pname}'"
-                self.add_feature(
-                    ResolvedFeature(name, imp.sae, idx, None, False, desc),
-                    (*path, "catalog"),
+            have = self.out.features.get(name)
+            if have is None:
+                self.out.features[name] = ResolvedFeature(
+                    name, imp.sae, idx, None, False, desc, input_only=True
+                )
+            elif (have.sae, have.index) != (imp.sae, idx):
+                self.err(
+                    "FG317",
+                    f"probe '{imp.prefix}{pname}' reads feature '{name}' (SAE '{imp.sae}', "
+                    f"index {idx}), but that name is already SAE '{have.sae}', index "
+                    f"{have.index}; import the catalog with a 'prefix'",
                     (*path, "catalog"),
                 )
             names.append(name)

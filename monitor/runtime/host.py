@@ -41,7 +41,13 @@ class HostSide:
         hits = step.match.nonzero().tolist()  # [(b, t, r)]
         self._event_cols = [fwd.start + t for _, t, _ in hits]
         bt = torch.tensor([[b, t] for b, t, _ in hits], dtype=torch.long, device=step.match.device)
-        acts = step.acts_f32[bt[:, 0], bt[:, 1]].tolist() if step.acts_f32 is not None else None
+        need = sorted({pol.feature_columns[n] for *_, r in hits for n in pol.rules[r].features})
+        at = {c: j for j, c in enumerate(need)}  # column → position in the gathered rows
+        acts = (
+            step.acts_f32[bt[:, 0], bt[:, 1]][:, need].tolist()  # (hits, len(need))
+            if step.acts_f32 is not None
+            else None
+        )
         probes = step.probe_scores[bt[:, 0], bt[:, 1]].tolist()  # (hits, P)
         tok = step.token_index[bt[:, 0], bt[:, 1]].tolist()
         tops = self._probe_tops(step, bt, [pol.rules[r] for *_, r in hits])
@@ -49,7 +55,7 @@ class HostSide:
         for i, (b, t, r) in enumerate(hits):
             rule = pol.rules[r]
             feats = {
-                n: float(acts[i][pol.feature_columns[n]]) if acts is not None else float("nan")
+                n: float(acts[i][at[pol.feature_columns[n]]]) if acts is not None else float("nan")
                 for n in rule.features
                 if n in pol.feature_columns
             }
@@ -81,6 +87,7 @@ class HostSide:
                     phase,
                     rule.action_kinds,
                     feats,
+                    ev.probes,
                 )
             )
         return out
@@ -100,13 +107,21 @@ class HostSide:
                 p = pol.probe(name)
                 contrib = acts[i] * pol.tensors.probe_w[:, p.index].to(acts.device)  # (K,)
                 val, col = contrib.topk(min(top, contrib.numel()))
-                own = {pol.feature_columns[n]: n for n in p.features}  # the probe's own names
+                own = self._probe_names(pol, p)
                 out[i][name] = {
                     own.get(c, pol.feature_names[c]): round(float(v), 6)
                     for v, c in zip(val.tolist(), col.tolist(), strict=True)
                     if v > 0
                 }
         return out
+
+    def _probe_names(self, pol: Any, p: Any) -> dict[int, str]:
+        """Column → the probe's own input name (cached per policy and probe)."""
+        cache: dict[tuple[str, str], dict[int, str]] = self.__dict__.setdefault("_own_names", {})
+        key = (pol.sha256, p.name)
+        if key not in cache:
+            cache[key] = {pol.feature_columns[n]: n for n in p.features}
+        return cache[key]
 
     def _excerpt(self, b: int, col: int, width: int = 16) -> str | None:
         if not self.keep_ids or self.ids is None:

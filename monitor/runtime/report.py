@@ -22,9 +22,10 @@ class Firing:
     phase: str
     actions: tuple[str, ...]
     features: Mapping[str, float]
+    probes: Mapping[str, float] = field(default_factory=dict)  # score of each probe it reads
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rule": self.rule,
             "severity": self.severity,
             "mode": self.mode,
@@ -33,6 +34,9 @@ class Firing:
             "actions": list(self.actions),
             "features": dict(self.features),
         }
+        if self.probes:
+            out["probes"] = dict(self.probes)
+        return out
 
 
 @dataclass

@@ -32,13 +32,14 @@ class ScannedRow:
     prompt_probes: torch.Tensor | None = None  # (Tp, P) float32
     completion_probes: torch.Tensor | None = None  # (Tc, P) float32
 
-    def features_max(self, names: Sequence[str]) -> dict[str, float]:
-        """Max activation of each feature over every scored token (0.0 when none)."""
+    def features_max(self, columns: Mapping[str, int]) -> dict[str, float]:
+        """Max activation of each named feature (name → column) over every scored token (0.0
+        when none)."""
         acts = torch.cat([self.prompt_acts, self.completion_acts])  # (T, K)
         if acts.shape[0] == 0:
-            return dict.fromkeys(names, 0.0)
+            return dict.fromkeys(columns, 0.0)
         top = acts.amax(0).tolist()
-        return {n: float(v) for n, v in zip(names, top, strict=True)}
+        return {n: float(top[c]) for n, c in columns.items()}
 
 
 def scan_batch(

@@ -9,6 +9,7 @@ tokens, running means and ``for`` windows the policy evaluator will see.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,15 @@ def train_probe(
     if select not in SELECTIONS:
         raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
     cat = cio.open_catalog(catalog, stack)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name) or len(name) > 128:
+        raise FeatureguardError(
+            f"--name {name!r}: a probe name starts with a letter or '_' and has only letters, "
+            "digits, '_', '.', '-'"
+        )
+    if name in cat.probes and not replace:  # before training, and before any file is written
+        raise FeatureguardError(
+            f"catalog already has a probe '{name}'", hint="pass --replace to overwrite it"
+        )
     if features:
         idx = resolve_features(features, cat, stack.sae.cfg.d_sae)
     else:
@@ -291,7 +301,7 @@ def train_probe(
     return {
         "probe": name,
         "catalog": str(catalog),
-        "features": dict(zip(names, idx, strict=True)),
+        "features": dict(zip(names, idx, strict=True)) if not stored else len(idx),
         "weights_file": stored[0] if stored else None,
         "weights": spec.weights if not stored else None,
         "bias": spec.bias,

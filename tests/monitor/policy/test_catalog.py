@@ -104,3 +104,60 @@ def test_read_probe_file_rejects_wrong_tensor_names() -> None:
 
     with pytest.raises(ValueError, match="expected tensors"):
         read_probe_file(save({"w": torch.zeros(2)}))
+
+
+def _file_catalog(tmp_path: Path, name: str, indices: list[int]) -> None:
+    import hashlib
+
+    raw = probe_file_bytes(indices, [1.0] * len(indices))
+    (tmp_path / f"{name}.safetensors").write_bytes(raw)
+    (tmp_path / f"{name}.yaml").write_text(
+        f"catalog_version: 1\nsae: {{name: s, sha256: '{SHA}', d_sae: 16}}\nprobes:\n"
+        f"  p: {{weights_file: {name}.safetensors, weights_sha256: "
+        f"'{hashlib.sha256(raw).hexdigest()}', threshold: 0.5, sae_sha256: '{SHA}'}}\n"
+    )
+
+
+def _policy(tmp_path: Path, imports: str, rules: str, features: str = "") -> str:
+    return (
+        "version: 1\npolicy: {name: t}\nsaes:\n  main: {bundled: s, d_sae: 16}\n"
+        f"{features}imports: {imports}\nrules:\n{rules}"
+    )
+
+
+def test_probe_inputs_never_take_a_named_features_column_name_or_scale(tmp_path: Path) -> None:
+    from monitor.policy.explain import explain
+    from monitor.policy.loader import load_policy_text
+    from monitor.policy.saes import static_resolver
+
+    _file_catalog(tmp_path, "c", [5, 7])
+    text = _policy(
+        tmp_path,
+        "[{catalog: c.yaml, sae: main}]",
+        "  - {id: pr, severity: low, condition: {probe: p}, actions: [{type: log}]}\n"
+        "  - {id: f, severity: low, condition: {feature: foo, above_scale: 0.5}, "
+        "actions: [{type: log}]}\n",
+        "features:\n  foo: {index: 5, scale: 2.0, export: true}\n",
+    )
+    cp = load_policy_text(text, base_dir=tmp_path, resolver=static_resolver({"main": 16}))
+    assert cp.feature_names == ("foo", "p[7]") and cp.feature_scale == (2.0, None)
+    assert cp.input_only == (False, True) and cp.reported_features == ("foo",)
+    assert cp.probes[0].features == ("p[5]", "p[7]")  # the probe keeps its own input names
+    assert "foo: #5, scale 2, exported" in explain(cp)
+    assert str(tmp_path / "c.safetensors") in cp.data_files
+
+
+def test_the_same_probe_name_from_two_imports_is_an_error(tmp_path: Path) -> None:
+    from monitor.policy.loader import load_policy_text
+    from monitor.policy.saes import static_resolver
+
+    _file_catalog(tmp_path, "c", [5])
+    _file_catalog(tmp_path, "d", [6])
+    text = _policy(
+        tmp_path,
+        "[{catalog: c.yaml, sae: main}, {catalog: d.yaml, sae: main}]",
+        "  - {id: pr, severity: low, condition: {probe: p}, actions: [{type: log}]}\n",
+    )
+    with pytest.raises(PolicyError) as err:
+        load_policy_text(text, base_dir=tmp_path, resolver=static_resolver({"main": 16}))
+    assert "FG317" in err.value.report() and "two imports" in err.value.report()

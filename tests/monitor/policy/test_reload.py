@@ -165,3 +165,37 @@ def test_push_swaps_a_valid_policy_and_refuses_an_invalid_one(tmp_path: Path) ->
     # The file stays the source of truth: the next change to it replaces the pushed policy.
     path.write_text(VALID["A"].replace("revision: A", "revision: A2"))
     assert watcher.reload_now().ok and watcher.policy.revision == "A2"
+
+
+def test_a_changed_probe_weights_file_is_noticed(tmp_path: Path) -> None:
+    """The watcher also watches the weights files its catalogs pin: a changed file no longer
+    matches the pin (the reload fails, the last good policy stays) until the catalog is updated."""
+    import hashlib
+
+    from monitor.policy.catalog import probe_file_bytes
+
+    def write(weights: list[float]) -> str:
+        raw = probe_file_bytes([3, 7], weights)
+        (tmp_path / "w.safetensors").write_bytes(raw)
+        return hashlib.sha256(raw).hexdigest()
+
+    def catalog(pin: str) -> None:
+        (tmp_path / "cat.yaml").write_text(
+            f"catalog_version: 1\nsae: {{name: test-sae, sha256: '{'e' * 64}'}}\nprobes:\n"
+            f"  p: {{weights_file: w.safetensors, weights_sha256: '{pin}', bias: 0.0,\n"
+            f"      link: linear, threshold: 1.0, sae_sha256: '{'e' * 64}'}}\n"
+        )
+
+    catalog(write([1.0, 0.5]))
+    path = tmp_path / "p.yaml"
+    rule = "  - {id: pr, severity: low, condition: {probe: p}, actions: [{type: log}]}\n"
+    path.write_text(HEADER + "imports: [{catalog: cat.yaml, sae: main}]\nrules:\n" + rule)
+    with PolicyWatcher(path, interval_s=0.02, stable_s=0.05, d_sae={"main": 64}) as w:
+        assert str(tmp_path / "w.safetensors") in w.policy.data_files
+        first = w.policy.sha256
+        pin = write([2.0, -1.0])
+        assert wait_for(lambda: w.reloads_failed == 1)
+        assert "FG311" in str(w.last_error) and w.policy.sha256 == first
+        catalog(pin)
+        assert wait_for(lambda: w.policy.sha256 != first)
+        assert w.policy.probes[0].weights == (2.0, -1.0)

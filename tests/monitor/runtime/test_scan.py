@@ -37,7 +37,46 @@ def test_scan_reports_the_same_events_as_generate(world: World) -> None:
     assert events_of(d) == want
     assert [r.report.completion_tokens for r in rows] == [World.NEW] * 3
     assert rows[0].completion_acts.shape == (World.NEW, 3)
-    assert rows[0].features_max(["f0", "f1", "f2"])["f0"] == pytest.approx(1.0, abs=0.05)
+    cols = g.policy.feature_columns
+    assert rows[0].features_max(cols)["f0"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_scan_with_a_whole_dictionary_probe_lists_named_features_only(world: World) -> None:
+    """A weights-file probe reads every feature; scan's output keeps to the named ones, by
+    column, even where a probe input shares a named feature's column."""
+    import hashlib
+
+    from monitor.policy.catalog import probe_file_bytes, sae_fingerprint
+    from sae.loading import save_sae
+
+    d = world.tmp / "fileprobe"
+    d.mkdir(exist_ok=True)
+    save_sae(world.sae, d / "sae")
+    sha = sae_fingerprint(d / "sae")
+    n = world.sae.cfg.d_sae
+    raw = probe_file_bytes(list(range(n)), [1.0] + [0.0] * (n - 1))  # score = feature 0
+    (d / "w.safetensors").write_bytes(raw)
+    (d / "cat.yaml").write_text(
+        f'catalog_version: 1\nsae: {{name: sae, sha256: "{sha}"}}\nprobes:\n'
+        f"  p: {{weights_file: w.safetensors, weights_sha256: {hashlib.sha256(raw).hexdigest()},\n"
+        f'      bias: 0.0, link: linear, threshold: 0.5, sae_sha256: "{sha}"}}\n'
+    )
+    rules = (
+        "- {id: pr, severity: high, condition: {probe: p}, actions: [{type: log}]}\n"
+        "- {id: r2, severity: low, condition: {feature: f2, above: 0.0}, actions: [{type: log}]}\n"
+        "- {id: r0, severity: low, condition: {feature: f0, above: 99.0}, actions: [{type: log}]}\n"
+    )
+    pol = world.policy(rules, "fileprobe", extra="imports: [{catalog: cat.yaml, sae: main}]\n")
+    assert n == pol.K and set(pol.reported_features) == {"f0", "f2"}  # f1: no rule reads it
+    assert pol.feature_names[pol.feature_columns["f2"]] == "f2"  # not "p[2]"
+    d_ = CollectingDispatcher()
+    with monitor.attach(world.model, pol, dispatcher=d_) as g:
+        rows = scan_batch(g, *unpadded(world))
+    names = {k: pol.feature_columns[k] for k in pol.reported_features}
+    got = rows[0].features_max(names)
+    assert set(got) == {"f0", "f2"} and got["f0"] == pytest.approx(1.0, abs=0.05)
+    fired = {(e.row, e.rule) for e in d_.events}
+    assert (0, "pr") in fired and (2, "r2") in fired
 
 
 def test_scope_is_honoured(world: World) -> None:

@@ -283,7 +283,7 @@ def test_whole_dictionary_probe_goes_to_a_weights_file_and_shows_its_top_inputs(
             *["--lambdas", "0.01", "--max-iter", "20"],
         )
     )
-    assert out["weights_file"] == "c4.probes/d.safetensors" and len(out["features"]) == 64
+    assert out["weights_file"] == "c4.probes/d.safetensors" and out["features"] == 64
     probe = load_catalog(cat).probes["d"]
     assert probe.is_file and probe.file_inputs()[0] == tuple(range(64))
     assert "    features:" not in cat.read_text()  # no 64 inline entries
