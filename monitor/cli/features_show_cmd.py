@@ -64,14 +64,22 @@ def run_probe(args: argparse.Namespace) -> int:
     stack = stack_from_args(args)
     cat = cio.open_catalog(args.catalog, stack)  # refuses a catalog made for another SAE
     inputs = probe_inputs(cat, args.probe)
-    pos, neg = top_inputs(inputs, args.top)
+    scale = _max_activations(stack)  # rank by weight × the feature's max activation, if known
+    pos, neg = top_inputs(inputs, args.top, scale)
     lens = {
         i: [t for t, _ in logit_lens(stack.model, stack.tokenizer, stack.sae, i, k=4)[0]]
         for _, i, _, _ in pos + neg
     }
     spec = cat.probes[args.probe]
     side = lambda rows: [  # noqa: E731
-        {"name": n, "index": i, "weight": w, "label": lab, "promotes": lens[i]}
+        {
+            "name": n,
+            "index": i,
+            "weight": w,
+            "max_activation": scale[i] if scale else None,
+            "label": lab,
+            "promotes": lens[i],
+        }
         for n, i, w, lab in rows
     ]
     if args.json:
@@ -91,13 +99,24 @@ def run_probe(args: argparse.Namespace) -> int:
         f"probe {args.probe} ({len(inputs)} inputs, {where}; pooling {spec.pooling}, "
         f"{spec.link} threshold {spec.threshold:.6g}, bias {spec.bias:+.4g})"
     )
+    rank = "weight × max activation" if scale else "weight"
     for title, rows in (("raise the score", pos), ("lower the score", neg)):
-        print(f"top inputs that {title}:")
+        print(f"top inputs that {title} (by {rank}):")
         for n, i, w, lab in rows:
             label = f" — {lab}" if lab and lab != "(probe input)" else ""
             toks = " ".join(repr(t) for t in lens[i])
-            print(f"  {w:+10.4f}  {n} (#{i}){label}; promotes {toks}")
+            at_max = f" (×max {w * scale[i]:+.3f})" if scale else ""
+            name = n if n == f"#{i}" else f"{n} (#{i})"
+            print(f"  {w:+9.4f}{at_max}  {name}{label}; promotes {toks}")
     return 0
+
+
+def _max_activations(stack: Any) -> list[float] | None:
+    """Each feature's max activation on held-out text (the SAE's feature_stats), if shipped."""
+    from sae.training.pipeline import load_feature_stats
+
+    stats = load_feature_stats(stack.sae_path) if stack.sae_path is not None else None
+    return None if stats is None else [float(v) for v in stats["max"].tolist()]
 
 
 def run(args: argparse.Namespace) -> int:

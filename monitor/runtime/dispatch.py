@@ -87,7 +87,8 @@ class MonitorDispatcher:
                     row=ev.row,
                     token_index=ev.token_index,
                     phase=ev.phase,
-                    features=ev.features,
+                    # probe rules: their score (logit) is the evidence, as "probe:NAME"
+                    features={**ev.features, **{f"probe:{k}": v for k, v in ev.probes.items()}},
                     context=ev.context,
                     now=ev.time,
                 ):

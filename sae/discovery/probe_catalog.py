@@ -86,10 +86,11 @@ def probe_inputs(cat: Catalog, name: str) -> list[tuple[str, int, float, str]]:
 
 
 def top_inputs(
-    inputs: Sequence[tuple[str, int, float, str]], k: int
+    inputs: Sequence[tuple[str, int, float, str]], k: int, scale: Sequence[float] | None = None
 ) -> tuple[list[tuple[str, int, float, str]], list[tuple[str, int, float, str]]]:
-    """The ``k`` most positive and ``k`` most negative weights (each side only its sign)."""
-    ranked = sorted(inputs, key=lambda t: -t[2])
+    """The ``k`` most positive and ``k`` most negative inputs (each side only its sign), by
+    weight, or by weight × ``scale[index]`` (e.g. each feature's max activation) when given."""
+    ranked = sorted(inputs, key=lambda t: -t[2] * (scale[t[1]] if scale is not None else 1.0))
     return [t for t in ranked[:k] if t[2] > 0], [t for t in ranked[::-1][:k] if t[2] < 0]
 
 

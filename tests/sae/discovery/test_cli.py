@@ -289,7 +289,7 @@ def test_whole_dictionary_probe_goes_to_a_weights_file_and_shows_its_top_inputs(
     assert "    features:" not in cat.read_text()  # no 64 inline entries
     text = _run(capsys, "features", "show", "--probe", "d", "--catalog", str(cat), "--sae", sae)
     assert "probe d (64 inputs, weights file c4.probes/d.safetensors" in text
-    assert "top inputs that raise the score:" in text and "top inputs that lower" in text
+    assert "top inputs that raise the score (by weight" in text and "top inputs that lower" in text
     w = probe.file_inputs()[1]
     best = max(range(64), key=lambda i: w[i])
-    assert f"(#{best})" in text.split("that lower")[0]  # the largest weight is listed first
+    assert f"  #{best}; promotes" in text.split("that lower")[0]  # the largest weight is listed
