@@ -3,10 +3,13 @@
 Side by side in one run, alternating repeats, compilation off on both sides and
 ``min_new_tokens = max_new_tokens`` (≥ 128 unless ``--quick``), greedy. Variants: unmonitored,
 the synthetic policy (20 rules over 50 features, CONTRACTS), log-only, ablate-always-active and
-a full-dictionary encode (one rule reading every feature). Prints median tokens/s, spread
-(min–max) and the ratio to unmonitored. ``--sweep`` adds rules 10→1000 and monitored features
-10→10,000 (a random SAE wide enough). Uses the bundled SAE when present, else a random SAE of
-the model's width. A GPU figure that was not measured is printed as "not measured".
+a full-dictionary encode (one rule reading every feature), and the shipped default policy on the
+bundled model. Prints median tokens/s, spread (min–max) and the ratio to unmonitored as the
+median (and min–max) of the per-repeat paired ratios. ``--sweep`` adds rules 10→1000 and
+monitored features 10→10,000 (a random SAE wide enough). Uses the bundled SAE when present, else
+a random SAE of the model's width. ``--model random:llama3-8b`` benchmarks a random-weight model
+of that shape (bf16 on a GPU, with a random 65,536-feature SAE; :mod:`bench_random`). A GPU
+figure that was not measured is printed as "not measured".
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--sweep", action="store_true", help="also sweep rules and features")
+    parser.add_argument(
+        "--d-sae",
+        type=int,
+        help="random SAE width (default: the bundled SAE, else 9216; 65536 for random: models)",
+    )
+    parser.add_argument(
+        "--layers", type=int, help="random: models only — fewer layers (a CPU smoke test)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="default: float32 on CPU, bfloat16 on a GPU",
+    )
 
 
 def policy_yaml(
@@ -80,8 +96,9 @@ def _sae(model: Any, model_name: str, d_sae: int | None = None) -> Any:
     from sae.loading import bundled_names, load_sae
     from sae.registry import create_sae
 
+    p = next(model.parameters())
     if d_sae is None and model_name == "smollm2-135m" and BUNDLED in bundled_names():
-        return load_sae(BUNDLED, dtype=next(model.parameters()).dtype)
+        return load_sae(BUNDLED, dtype=p.dtype).to(p.device)
     _, layers = decoder_layers(model)
     d_in = model.config.get_text_config().hidden_size
     hook = f"blocks.{len(layers) // 2}.hook_resid_post"
@@ -92,7 +109,33 @@ def _sae(model: Any, model_name: str, d_sae: int | None = None) -> Any:
         hook_name=hook,
         init="random",
         seed=0,
-    )
+    ).to(device=p.device, dtype=p.dtype)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The model: an alias/path/hub name, or ``random:<shape>`` (random weights, on the GPU
+    when there is one)."""
+    import torch
+
+    from monitor.cli.bench_random import is_random, random_lm
+    from sae.lm import load_model
+
+    cuda = torch.cuda.is_available()
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if cuda else None)
+    if is_random(args.model):
+        if args.d_sae is None:
+            args.d_sae = 65536
+        return random_lm(
+            args.model,
+            dtype=dtype or torch.float32,
+            device="cuda" if cuda else "cpu",
+            layers=args.layers,
+        )
+    lm = load_model(args.model, **({"dtype": dtype} if dtype else {}))
+    if cuda:
+        lm.model.to("cuda")
+    lm.model.eval()
+    return lm
 
 
 def _timed(fn: Any, n_tokens: int) -> float:
@@ -106,9 +149,14 @@ def measure(lm: Any, variants: dict[str, Any], batch: int, new: int, repeats: in
     import torch
 
     tok = lm.tokenizer
-    tok.padding_side = "left"
-    prompts = [f"Write a short note about topic number {i}." for i in range(batch)]
-    enc = tok(prompts, return_tensors="pt", padding=True).to(next(lm.model.parameters()).device)
+    if tok is None:  # a random-weight model: random token ids
+        from monitor.cli.bench_random import random_prompts
+
+        enc = random_prompts(lm.model, batch)
+    else:
+        tok.padding_side = "left"
+        prompts = [f"Write a short note about topic number {i}." for i in range(batch)]
+        enc = tok(prompts, return_tensors="pt", padding=True).to(next(lm.model.parameters()).device)
     kw = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "disable_compile": True}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
@@ -122,27 +170,31 @@ def measure(lm: Any, variants: dict[str, Any], batch: int, new: int, repeats: in
 
 
 def _report(title: str, rates: dict[str, list[float]]) -> None:
-    base = statistics.median(rates["unmonitored"])
+    """Median tok/s and spread per variant; the ratio is the median of the per-repeat ratios to
+    unmonitored (each repeat runs every variant back to back, so pairing cancels the machine's
+    slow drift), with their min–max."""
+    base = rates["unmonitored"]
     print(f"\n{title}")
-    print(f"  {'variant':<28} {'tok/s':>9} {'spread':>17} {'ratio':>7}")
+    print(f"  {'variant':<36} {'tok/s':>7} {'spread':>15} {'ratio':>7} {'ratio spread':>15}")
     for name, r in rates.items():
-        med = statistics.median(r)
-        print(f"  {name:<28} {med:9.1f} {min(r):8.1f}–{max(r):<8.1f} {med / base:7.3f}")
+        paired = [a / b for a, b in zip(r, base, strict=True)]
+        print(
+            f"  {name:<36} {statistics.median(r):7.1f} {min(r):7.1f}–{max(r):<7.1f} "
+            f"{statistics.median(paired):7.3f} {min(paired):7.3f}–{max(paired):<7.3f}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import monitor
-    from sae.lm import load_model
 
     new = 16 if args.quick else args.max_new_tokens
     repeats = 2 if args.quick else args.repeats
     if new < 128 and not args.quick:
         print("note: CONTRACTS ask for max_new_tokens >= 128; this run is not comparable")
-    lm = load_model(args.model)
-    lm.model.eval()
-    sae = _sae(lm.model, args.model)
+    lm = _load(args)
+    sae = _sae(lm.model, args.model, args.d_sae)
     d = sae.cfg.d_sae
     device = next(lm.model.parameters()).device
     print(
@@ -190,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
 def _sweeps(lm: Any, args: argparse.Namespace, new: int, repeats: int) -> None:
     import monitor
 
-    sae = _sae(lm.model, args.model)
+    sae = _sae(lm.model, args.model, args.d_sae)
     d = sae.cfg.d_sae
     for label, counts, make in (
         ("rules (50 features)", (10, 100, 1000), lambda n: policy_yaml(d, n, 50)),
@@ -204,7 +256,7 @@ def _sweeps(lm: Any, args: argparse.Namespace, new: int, repeats: int) -> None:
                         lm.model, _policy(make(n), d), saes={"main": sae}
                     )
                     continue
-                wide = _sae(lm.model, args.model, d_sae=max(16384, n)) if n > d else sae
+                wide = _sae(lm.model, args.model, max(16384, n)) if n > d else sae
                 text = policy_yaml(wide.cfg.d_sae, 10, n) + _count_rule(n)
                 pol = _policy(text, wide.cfg.d_sae)
                 guards[f"{n}"] = monitor.attach(lm.model, pol, saes={"main": wide})
