@@ -131,21 +131,26 @@ def _load(args: argparse.Namespace) -> Any:
             device="cuda" if cuda else "cpu",
             layers=args.layers,
         )
-    lm = load_model(args.model, **({"dtype": dtype} if dtype else {}))
+    lm = load_model(args.model, dtype=dtype or torch.float32)
     if cuda:
         lm.model.to("cuda")
     lm.model.eval()
     return lm
 
 
-def _timed(fn: Any, n_tokens: int) -> float:
+def _timed(fn: Any, n_tokens: int) -> tuple[float, float]:
+    """``(tokens/s, seconds)`` of one call."""
     start = time.perf_counter()
     fn()
-    return n_tokens / (time.perf_counter() - start)
+    took = time.perf_counter() - start
+    return n_tokens / took, took
 
 
-def measure(lm: Any, variants: dict[str, Any], batch: int, new: int, repeats: int) -> dict:
-    """tokens/s per variant, repeats alternating between variants."""
+def measure(
+    lm: Any, variants: dict[str, Any], batch: int, new: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """tokens/s per variant, repeats alternating between variants; and per monitored variant the
+    share of each call's time spent in the monitor's hooks (``MonitorReport.overhead_s``)."""
     import torch
 
     tok = lm.tokenizer
@@ -156,31 +161,42 @@ def measure(lm: Any, variants: dict[str, Any], batch: int, new: int, repeats: in
     else:
         tok.padding_side = "left"
         prompts = [f"Write a short note about topic number {i}." for i in range(batch)]
-        enc = tok(prompts, return_tensors="pt", padding=True).to(next(lm.model.parameters()).device)
+        device = next(lm.model.parameters()).device
+        enc = tok(prompts, return_tensors="pt", padding=True).to(device)
     kw = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "disable_compile": True}
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    hooks: dict[str, list[float]] = {name: [] for name, g in variants.items() if g is not None}
     with torch.no_grad():
         for g in variants.values():  # warm-up, not timed
             (g or lm.model).generate(**enc, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})
         for _ in range(repeats):
             for name, g in variants.items():
                 target = g or lm.model
-                rates[name].append(_timed(lambda t=target: t.generate(**enc, **kw), batch * new))
-    return rates
+                rate, took = _timed(lambda t=target: t.generate(**enc, **kw), batch * new)
+                rates[name].append(rate)
+                if g is not None and g.last_report is not None:
+                    hooks[name].append(g.last_report.overhead_s / took)
+    return rates, hooks
 
 
-def _report(title: str, rates: dict[str, list[float]]) -> None:
+def _report(title: str, rates: dict[str, list[float]], hooks: dict[str, list[float]]) -> None:
     """Median tok/s and spread per variant; the ratio is the median of the per-repeat ratios to
     unmonitored (each repeat runs every variant back to back, so pairing cancels the machine's
-    slow drift), with their min–max."""
+    slow drift), with their min–max; "in hooks" is the median share of a monitored call's time
+    spent in the monitor's hooks (host time, measured inside the same calls: on a CPU, where
+    hooks run synchronously, ``1 − share`` bounds the ratio from the monitor's own work)."""
     base = rates["unmonitored"]
     print(f"\n{title}")
-    print(f"  {'variant':<36} {'tok/s':>7} {'spread':>15} {'ratio':>7} {'ratio spread':>15}")
+    print(
+        f"  {'variant':<36} {'tok/s':>7} {'spread':>15} {'ratio':>7} {'ratio spread':>15}"
+        f" {'in hooks':>9}"
+    )
     for name, r in rates.items():
         paired = [a / b for a, b in zip(r, base, strict=True)]
+        share = f"{statistics.median(hooks[name]):9.2%}" if hooks.get(name) else f"{'-':>9}"
         print(
             f"  {name:<36} {statistics.median(r):7.1f} {min(r):7.1f}–{max(r):<7.1f} "
-            f"{statistics.median(paired):7.3f} {min(paired):7.3f}–{max(paired):<7.3f}"
+            f"{statistics.median(paired):7.3f} {min(paired):7.3f}–{max(paired):<7.3f} {share}"
         )
 
 
@@ -228,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
                 pol = _policy(text, d)
             guards[name] = monitor.attach(lm.model, pol, saes={"main": sae})
         for b in (int(x) for x in args.batch_sizes.split(",")):
-            _report(f"batch {b}", measure(lm, guards, b, new, repeats))
+            _report(f"batch {b}", *measure(lm, guards, b, new, repeats))
     finally:
         for g in guards.values():
             if g is not None:
@@ -260,7 +276,7 @@ def _sweeps(lm: Any, args: argparse.Namespace, new: int, repeats: int) -> None:
                 text = policy_yaml(wide.cfg.d_sae, 10, n) + _count_rule(n)
                 pol = _policy(text, wide.cfg.d_sae)
                 guards[f"{n}"] = monitor.attach(lm.model, pol, saes={"main": wide})
-            _report(f"sweep: {label}, batch 1", measure(lm, guards, 1, new, repeats))
+            _report(f"sweep: {label}, batch 1", *measure(lm, guards, 1, new, repeats))
         finally:
             for g in guards.values():
                 if g is not None:

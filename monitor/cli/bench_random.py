@@ -57,7 +57,8 @@ def random_lm(name: str, *, dtype: torch.dtype, device: str, layers: int | None 
         cfg["num_hidden_layers"] = layers
     config = LlamaConfig(**cfg, pad_token_id=0, eos_token_id=1, bos_token_id=2)
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+        model: Any = LlamaForCausalLM(config)
+    model = model.to(dtype=dtype)
     model.eval()
     return RandomLM(model)
 
