@@ -293,3 +293,28 @@ def test_whole_dictionary_probe_goes_to_a_weights_file_and_shows_its_top_inputs(
     w = probe.file_inputs()[1]
     best = max(range(64), key=lambda i: w[i])
     assert f"  #{best}; promotes" in text.split("that lower")[0]  # the largest weight is listed
+
+
+def test_train_probe_refuses_an_existing_name_before_training_or_writing(
+    tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sae.discovery.probe_catalog as pc
+
+    monkeypatch.setattr(pc, "INLINE_MAX", 16)
+    sae, det, cat = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det", tiny_stack_dir / "c5.yaml"
+    argv = ["features", "train-probe", "--positive", f"{det}:scam:train"]
+    argv += ["--negative", f"{det}:benign:train", "--catalog", str(cat), "--sae", sae]
+    argv += ["--folds", "3", "--json", "--name", "d", "--features", "all", "--max-iter", "5"]
+    _run(capsys, *argv)
+    weights = tiny_stack_dir / "c5.probes" / "d.safetensors"
+    before = (weights.read_bytes(), cat.read_bytes())
+
+    def no_training(*a: object, **k: object) -> None:
+        raise AssertionError("trained although the name exists")
+
+    monkeypatch.setattr(pc, "fit_cv", no_training)
+    assert main(argv) == 2
+    assert "already has a probe 'd'" in capsys.readouterr().err
+    assert (weights.read_bytes(), cat.read_bytes()) == before  # nothing rewritten
+    assert main([*argv[:-6], "--name", "a/b", "--features", "all"]) == 2
+    assert "probe name" in capsys.readouterr().err
