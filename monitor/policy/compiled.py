@@ -7,6 +7,7 @@ copies them to its device once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,11 @@ class CompiledPolicy:
     warnings: tuple[Any, ...] = field(default=())
     input_only: tuple[bool, ...] = field(default=())  # (K,) column read only by file probes
     data_files: tuple[str, ...] = field(default=())  # probe weights files (reload watches them)
+
+    @functools.cached_property
+    def probe_input_names(self) -> tuple[dict[int, str], ...]:
+        """Per probe (P axis): column → the probe's own name for that input (computed once)."""
+        return tuple({self.feature_columns[n]: n for n in p.features} for p in self.probes)
 
     @property
     def reported_features(self) -> tuple[str, ...]:

@@ -209,11 +209,10 @@ def compile_policy(res: Resolved, *, sha256: str) -> CompiledPolicy:
     roots, circuit = _circuit(cond_keys + exc_keys, col, probe_col, K)
     tensors = _rule_tensors(res, rules, col, K, probe_names, roots, exc_rules, circuit)
     names = [""] * K  # a column's name: the first name read there, named features first
+    scales: list[float | None] = [None] * K  # the first scale any name of the column declares
     for n, c in col.items():
         if not names[c] or (res.features[names[c]].input_only and not res.features[n].input_only):
             names[c] = n
-    scales: list[float | None] = [None] * K  # the first scale any name of the column declares
-    for n, c in col.items():
         if scales[c] is None:
             scales[c] = res.features[n].scale
     blocking = any(

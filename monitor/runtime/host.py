@@ -107,21 +107,13 @@ class HostSide:
                 p = pol.probe(name)
                 contrib = acts[i] * pol.tensors.probe_w[:, p.index].to(acts.device)  # (K,)
                 val, col = contrib.topk(min(top, contrib.numel()))
-                own = self._probe_names(pol, p)
+                own = pol.probe_input_names[p.index]
                 out[i][name] = {
                     own.get(c, pol.feature_names[c]): round(float(v), 6)
                     for v, c in zip(val.tolist(), col.tolist(), strict=True)
                     if v > 0
                 }
         return out
-
-    def _probe_names(self, pol: Any, p: Any) -> dict[int, str]:
-        """Column → the probe's own input name (cached per policy and probe)."""
-        cache: dict[tuple[str, str], dict[int, str]] = self.__dict__.setdefault("_own_names", {})
-        key = (pol.sha256, p.name)
-        if key not in cache:
-            cache[key] = {pol.feature_columns[n]: n for n in p.features}
-        return cache[key]
 
     def _excerpt(self, b: int, col: int, width: int = 16) -> str | None:
         if not self.keep_ids or self.ids is None:

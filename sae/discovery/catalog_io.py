@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from monitor.policy.catalog import (
     Catalog,
     CatalogFeature,
@@ -23,6 +25,7 @@ from monitor.policy.catalog import (
     load_catalog,
     save_catalog,
 )
+from monitor.policy.schema import Name
 from sae.discovery.activations import Stack
 from sae.errors import FeatureguardError
 
@@ -97,11 +100,24 @@ def names_for(cat: Catalog, indices: Sequence[int]) -> list[str]:
     return names
 
 
-def upsert_probe(cat: Catalog, name: str, probe: ProbeSpec, *, replace: bool = False) -> None:
+def check_probe_name(cat: Catalog, name: str, *, replace: bool = False) -> None:
+    """Refuse a name a policy could not reference, or one the catalog already has (unless
+    ``replace``)."""
+    try:
+        TypeAdapter(Name).validate_python(name)
+    except ValidationError:
+        raise FeatureguardError(
+            f"--name {name!r}: a probe name starts with a letter or '_' and has only letters, "
+            "digits, '_', '.', '-' (at most 128)"
+        ) from None
     if name in cat.probes and not replace:
         raise FeatureguardError(
             f"catalog already has a probe '{name}'", hint="pass --replace to overwrite it"
         )
+
+
+def upsert_probe(cat: Catalog, name: str, probe: ProbeSpec, *, replace: bool = False) -> None:
+    check_probe_name(cat, name, replace=replace)
     cat.probes[name] = probe
 
 

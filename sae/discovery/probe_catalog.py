@@ -9,7 +9,6 @@ tokens, running means and ``for`` windows the policy evaluator will see.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,7 @@ def resolve_features(spec: str, cat: Catalog, d_sae: int | None = None) -> list[
                 raise FeatureguardError("--features all: the SAE's width is not known")
             out += range(width)
         elif tok.startswith("probe:"):
-            probe = cat.probes.get(tok[len("probe:") :])
-            if probe is None:
-                raise FeatureguardError(f"--features: the catalog has no probe '{tok[6:]}'")
-            out += probe.file_inputs()[0] if probe.is_file else [by_name[n] for n in probe.features]
+            out += [i for _, i, _, _ in probe_inputs(cat, tok[len("probe:") :])]
         elif tok in by_name:
             out.append(by_name[tok])
         else:
@@ -239,15 +235,7 @@ def train_probe(
     if select not in SELECTIONS:
         raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
     cat = cio.open_catalog(catalog, stack)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name) or len(name) > 128:
-        raise FeatureguardError(
-            f"--name {name!r}: a probe name starts with a letter or '_' and has only letters, "
-            "digits, '_', '.', '-'"
-        )
-    if name in cat.probes and not replace:  # before training, and before any file is written
-        raise FeatureguardError(
-            f"catalog already has a probe '{name}'", hint="pass --replace to overwrite it"
-        )
+    cio.check_probe_name(cat, name, replace=replace)  # before training or writing any file
     if features:
         idx = resolve_features(features, cat, stack.sae.cfg.d_sae)
     else:

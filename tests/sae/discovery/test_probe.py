@@ -86,6 +86,11 @@ def _policy(
     cat.probes["p"] = probe_spec(fitted, names, SHA_A, "test")  # type: ignore[arg-type]
     save_catalog(cat, tmp_path / "cat.yaml")
     assert load_catalog(tmp_path / "cat.yaml") == cat  # round trip
+    return _probe_policy(tmp_path, sha, sustain)
+
+
+def _probe_policy(tmp_path: Path, sha: str = SHA_A, sustain: int = 1):
+    """A policy importing ``cat.yaml`` with one rule on its probe ``p``."""
     text = """
 version: 1
 policy: {name: t}
@@ -198,21 +203,7 @@ def _file_policy(tmp_path: Path, f: object, idx: list[int], named: dict[int, str
     stored = write_probe_file(tmp_path / "cat.yaml", "p", idx, f.w)  # type: ignore[attr-defined]
     cat.probes["p"] = probe_spec(f, None, SHA_A, "test", stored)  # type: ignore[arg-type]
     save_catalog(cat, tmp_path / "cat.yaml")
-    text = """
-version: 1
-policy: {name: t}
-saes:
-  main: {bundled: test-sae, d_sae: 64}
-imports:
-  - {catalog: cat.yaml, sae: main}
-rules:
-  - id: r
-    severity: high
-    condition: {probe: p}
-    actions: [{type: log}]
-"""
-    resolver = static_resolver({"main": 64}, sha256={"main": SHA_A})
-    return load_policy_text(text, base_dir=tmp_path, resolver=resolver)
+    return _probe_policy(tmp_path)
 
 
 @pytest.mark.parametrize("pool", ["max", "mean"])
