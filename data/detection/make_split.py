@@ -2,7 +2,7 @@
 """Validate the featureguard detection items and write a deterministic split.
 
 Reads   data/detection/items/*.jsonl
-Writes  data/detection/splits.json   ({id: "train" | "dev" | "test"})
+Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test"})
 
 Split rule (commit-before-tuning): within each stratum (category, hard_negative)
 ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
@@ -13,6 +13,15 @@ Data version 2 (ids numbered from V2_FIRST = 1001, files items/*_v2.jsonl) was
 added after tuning had started, so it never touches the version-1 assignment and
 never reaches test: within each stratum its ids are sorted by sha256(id +
 SALT_V2); the first two thirds (rounded) go to train, the rest to dev.
+
+Data version 3 (ids numbered from V3_FIRST = 2001, files items/*_v3.jsonl) is a
+fresh held-out test set, written after the version-1 test split had been
+evaluated once (session 3) and had prompted changes (README rule 2: a change
+prompted by a test result needs a fresh held-out set). The rule was committed
+before the items were written: every version-3 item goes to `test`, and the
+version-1 items that the version-1 rule puts in test are renamed `test_v1`
+(retired: reported once, usable for training from then on). No item moves
+between train and dev.
 
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
@@ -31,6 +40,8 @@ OUT = HERE / "splits.json"
 SALT = "featureguard-split-v1"
 SALT_V2 = "featureguard-split-v2"
 V2_FIRST = 1001  # ids numbered from here are data version 2 (train/dev only)
+V3_FIRST = 2001  # ids numbered from here are data version 3 (the fresh test set)
+SPLIT_NAMES = ("train", "dev", "test_v1", "test")
 CATEGORIES = ("scam", "deception", "dangerous", "benign")
 # minimum counts per (category, hard_negative) stratum
 MINIMUMS = {
@@ -61,7 +72,9 @@ def load():
                     continue
                 errs = check_item(obj)
                 if not errs and path.name.endswith("_v2.jsonl") != is_v2(obj["id"]):
-                    errs = [f"ids numbered from {V2_FIRST} belong in *_v2.jsonl files, and only they"]
+                    errs = [f"ids numbered {V2_FIRST}-{V3_FIRST - 1} belong in *_v2.jsonl files, and only they"]
+                if not errs and path.name.endswith("_v3.jsonl") != is_v3(obj["id"]):
+                    errs = [f"ids numbered from {V3_FIRST} belong in *_v3.jsonl files, and only they"]
                 errors.extend(f"{where}: {m}" for m in errs)
                 obj["_where"] = where
                 items.append(obj)
@@ -129,7 +142,11 @@ def split_key(item_id):
 
 
 def is_v2(item_id):
-    return int(item_id.rsplit("-", 1)[1]) >= V2_FIRST
+    return V2_FIRST <= int(item_id.rsplit("-", 1)[1]) < V3_FIRST
+
+
+def is_v3(item_id):
+    return int(item_id.rsplit("-", 1)[1]) >= V3_FIRST
 
 
 def split_key_v2(item_id):
@@ -139,16 +156,20 @@ def split_key_v2(item_id):
 def make_split(items):
     strata = defaultdict(list)
     strata_v2 = defaultdict(list)
+    splits = {}
     for o in items:
         key = (o["category"], o["hard_negative"])
+        if is_v3(o["id"]):
+            splits[o["id"]] = "test"  # version 3: the fresh held-out test set
+            continue
         (strata_v2 if is_v2(o["id"]) else strata)[key].append(o["id"])
-    splits = {}
     for ids in strata.values():
         ids = sorted(ids, key=split_key)
         n = len(ids)
         n_train, n_dev = round(n * 0.5), round(n * 0.25)
         for k, i in enumerate(ids):
-            splits[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test"
+            # version 1's own test items were reported once (session 3), then retired
+            splits[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test_v1"
     for ids in strata_v2.values():  # version 2: train / dev only, never test
         ids = sorted(ids, key=split_key_v2)
         n_train = round(len(ids) * 2 / 3)
@@ -164,17 +185,19 @@ def report(items, splits):
         key = (o["category"], o["hard_negative"])
         rows[key + (splits[o["id"]],)] += 1
         kinds[key + ("text" if "text" in o else "messages",)] += 1
-    lines = ["| category | hard_negative | train | dev | test | total | text | messages |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| category | hard_negative | train | dev | test_v1 | test | total | text | messages |",
+             "|---|---|---|---|---|---|---|---|---|"]
     tot = Counter()
     for key in sorted({k[:2] for k in rows}, key=lambda k: (CATEGORIES.index(k[0]), k[1])):
-        c = [rows[key + (s,)] for s in ("train", "dev", "test")]
+        c = [rows[key + (s,)] for s in SPLIT_NAMES]
         t = [kinds[key + (k,)] for k in ("text", "messages")]
-        for s, v in zip(("train", "dev", "test", "text", "messages"), c + t):
+        for s, v in zip(SPLIT_NAMES + ("text", "messages"), c + t):
             tot[s] += v
-        lines.append(f"| {key[0]} | {str(key[1]).lower()} | {c[0]} | {c[1]} | {c[2]} | {sum(c)} | {t[0]} | {t[1]} |")
-    lines.append(f"| **all** | | {tot['train']} | {tot['dev']} | {tot['test']} | "
-                 f"{tot['train'] + tot['dev'] + tot['test']} | {tot['text']} | {tot['messages']} |")
+        lines.append(f"| {key[0]} | {str(key[1]).lower()} | " + " | ".join(map(str, c))
+                     + f" | {sum(c)} | {t[0]} | {t[1]} |")
+    total = sum(tot[s] for s in SPLIT_NAMES)
+    lines.append("| **all** | | " + " | ".join(str(tot[s]) for s in SPLIT_NAMES)
+                 + f" | {total} | {tot['text']} | {tot['messages']} |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--policy", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=Path("data/detection"))
-    parser.add_argument("--split", choices=["train", "dev", "test"], default="test")
+    from sae.discovery.data import SPLITS
+
+    parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument(
         "--span",
         choices=SPANS,

@@ -24,7 +24,8 @@ from sae.errors import FeatureguardError
 HARMFUL = ("scam", "deception", "dangerous")
 SPANS = ("all", "user", "completion")  # see sae.discovery.activations
 DEFAULT_SAE = "smollm2-135m-res-l15"
-SPLITS = ("train", "dev", "test")
+# "test_v1": version 1's test split, reported once and then retired (data/detection/README.md)
+SPLITS = ("train", "dev", "test_v1", "test")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ their union (fired when any fired; score the highest).
 
 Baseline (the research caution in REFERENCE.md): per category, an L2 logistic regression on the
 hooked activations mean-pooled over the scored ``span`` (:mod:`sae.discovery.activations`; the
-span applies to the baseline only), trained on the train split (category vs all benign, penalty
-by 5-fold CV) and thresholded at ``baseline_fpr`` on the dev split's benign items (on
-out-of-fold train scores when dev itself is evaluated).
+span applies to the baseline only), trained on the train split plus the retired ``test_v1``
+split when another split is evaluated (category vs all benign, penalty by 5-fold CV) and
+thresholded at ``baseline_fpr`` on the dev split's benign items (on out-of-fold train scores
+when dev itself is evaluated).
 
 Recall at FPR 1%/5% reads the threshold off the evaluated split's own benign scores: it
 describes the score's ROC, it is not a deployable threshold.
@@ -298,6 +299,13 @@ def summarize(dets: Sequence[Detector], items: Sequence[Item]) -> dict[str, Any]
     return report
 
 
+def baseline_fit_splits(split: str) -> list[str]:
+    """The splits the raw-activation baseline is fitted on when ``split`` is evaluated: train,
+    plus the retired version-1 test split (``test_v1``) unless that is the one evaluated, as
+    the default policy's probes were, so the comparison stays fair."""
+    return ["train"] if split in ("train", "test_v1") else ["train", "test_v1"]
+
+
 def evaluate_detection(
     cp: CompiledPolicy,
     stack: Stack,
@@ -321,14 +329,16 @@ def evaluate_detection(
     if baseline:
         idx = [0]  # the baseline reads hidden states only
 
-        def enc(sp: str) -> list[Scored]:
-            items_sp = items if sp == split else load_detection(root, ["*"], [sp])
+        def enc(sp: list[str]) -> list[Scored]:
+            items_sp = items if sp == [split] else load_detection(root, ["*"], sp)
             return encode_items(stack, items_sp, span=span, features=idx, with_hidden=True)
 
-        scored = enc(split)
+        scored = enc([split])
         baseline_tokens = int(sum(sc.values.shape[0] for sc in scored))
-        calib = enc("dev") if split != "dev" else None
-        dets += baseline_detectors(enc("train"), calib, scored, target_fpr=baseline_fpr)
+        calib = enc(["dev"]) if split != "dev" else None
+        dets += baseline_detectors(
+            enc(baseline_fit_splits(split)), calib, scored, target_fpr=baseline_fpr
+        )
     return {
         "policy": cp.name,
         "policy_sha256": cp.sha256,
