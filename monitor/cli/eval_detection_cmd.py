@@ -29,6 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="user",
         help="tokens the baseline pools (rules always score what the runtime scores)",
     )
+    parser.add_argument(
+        "--rendering",
+        choices=["as-is", "raw"],
+        default="as-is",
+        help="as-is: chat items through the chat template (system prompt included); raw: each "
+        "chat item's last user turn as bare text, as callers that send plain prompt strings do "
+        "(the evaluated split only; the baseline still trains on the data as is)",
+    )
     parser.add_argument("--model", default=None, help="default: the SAE's model_name")
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the raw-activation logistic baseline"
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         span=args.span,
         baseline=not args.no_baseline,
         baseline_fpr=args.baseline_fpr,
+        rendering=args.rendering,
     )
     if args.out:
         args.out.write_text(dump_json(rep) + "\n", encoding="utf-8")
@@ -79,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"policy {rep['policy']} on {args.data} split {rep['split']}: {rep['items']} items, "
+        f"policy {rep['policy']} on {args.data} split {rep['split']} "
+        f"(rendering {rep['rendering']}): {rep['items']} items, "
         f"rules: {rep['scored_tokens']} tokens scored by the runtime{base}"
     )
     for cat, block in rep["categories"].items():

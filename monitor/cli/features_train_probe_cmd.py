@@ -73,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are also training negatives are scored out of fold; default: every training negative, "
         "out of fold",
     )
+    parser.add_argument(
+        "--also-raw",
+        action="store_true",
+        help="also train and calibrate on each chat item's last user turn as raw text (no chat "
+        "template), in the same CV fold as its templated twin: one threshold for callers that "
+        "send bare prompts and for chat-templated ones",
+    )
     parser.add_argument("--replace", action="store_true", help="overwrite a probe of that name")
     parser.add_argument("--allow-test", action="store_true", help="allow test-split items")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         sources=(args.positive, args.negative, args.calibration_negative),
         lambdas=lambdas,
         max_iter=args.max_iter,
+        also_raw=args.also_raw,
     )
     if args.json:
         print(dump_json(out))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,26 @@ def load_items(spec: str) -> list[Item]:
     if not items:
         raise FeatureguardError(f"{spec!r} selects no items")
     return items
+
+
+def raw_rendering(item: Item) -> Item:
+    """A chat item as a raw prompt: its last user turn as plain ``text`` (no chat template, no
+    system prompt, no earlier turns), labels and id kept; a ``text`` item unchanged. Callers
+    that send bare prompt strings to the model produce this rendering."""
+    if item.messages is None:
+        return item
+    users = [m["content"] for m in item.messages if m.get("role") == "user"]
+    if not users:
+        return item
+    return replace(item, text=users[-1], messages=None, extra={**item.extra, "rendering": "raw"})
+
+
+def with_raw_renderings(items: Sequence[Item]) -> tuple[list[Item], list[int]]:
+    """``items`` followed by the raw rendering of each chat item, and each row's group: the
+    index of the item it renders (for cross-validation folds that keep twins together)."""
+    twins = [(i, raw_rendering(it)) for i, it in enumerate(items) if it.messages is not None]
+    rows = [*items, *(t for _, t in twins)]
+    return rows, [*range(len(items)), *(i for i, _ in twins)]
 
 
 def refuse_test_split(items: Sequence[Item], spec: str, allow: bool = False) -> None:

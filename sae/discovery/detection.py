@@ -28,6 +28,10 @@ split when another split is evaluated (category vs all benign, penalty by 5-fold
 thresholded at ``baseline_fpr`` on the dev split's benign items (on out-of-fold train scores
 when dev itself is evaluated).
 
+``rendering="raw"`` sends each chat item of the evaluated split as its bare last user turn
+(:func:`sae.discovery.data.raw_rendering`), as callers that pass plain prompt strings do: the
+same labels, no chat template, no system prompt.
+
 Recall at FPR 1%/5% reads the threshold off the evaluated split's own benign scores: it
 describes the score's ROC, it is not a deployable threshold.
 """
@@ -45,7 +49,7 @@ import torch
 from monitor.policy import schema as s
 from monitor.policy.compiled import CompiledPolicy
 from sae.discovery.activations import Scored, Stack, encode_items
-from sae.discovery.data import HARMFUL, Item, load_detection
+from sae.discovery.data import HARMFUL, Item, load_detection, raw_rendering
 from sae.discovery.metrics import auc, recall_at_fpr, wilson
 from sae.discovery.probe import TokenBatch, fit_cv, row_scores, sustained_peak
 
@@ -315,10 +319,15 @@ def evaluate_detection(
     span: str = "user",
     baseline: bool = True,
     baseline_fpr: float = 0.05,
+    rendering: str = "as-is",
 ) -> dict[str, Any]:
     """The whole evaluation (module doc) → a JSON-able report. ``span`` selects the tokens
     the baseline pools; rules always see what the runtime sees."""
     items = load_detection(root, ["*"], [split])
+    if rendering == "raw":
+        items = [raw_rendering(it) for it in items]
+    elif rendering != "as-is":
+        raise ValueError(f"rendering must be 'as-is' or 'raw', not {rendering!r}")
     dets: list[Detector] = []
     runtime_tokens = 0
     if any(sae.indices for sae in cp.saes):
@@ -344,6 +353,7 @@ def evaluate_detection(
         "policy_sha256": cp.sha256,
         "sae_sha256": stack.sha256,
         "split": split,
+        "rendering": rendering,
         "span": span,  # the baseline's scored span
         "items": len(items),
         "scored_tokens": runtime_tokens,  # tokens the runtime scored for the rules

@@ -200,15 +200,26 @@ def _fit_rows(
     return v.detach(), c.detach()
 
 
-def folds(y: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """Stratified fold id ``(N,)`` in ``0..k-1`` (each class spread evenly, seeded shuffle)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = torch.empty(y.numel(), dtype=torch.long)
-    for cls in (0, 1):
-        idx = (y == cls).nonzero().flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        out[idx] = torch.arange(idx.numel()) % k
-    return out
+def folds(
+    y: torch.Tensor, k: int, seed: int = 0, groups: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stratified fold id ``(N,)`` in ``0..k-1`` (each class spread evenly, seeded shuffle).
+
+    ``groups`` ``(N,)``: rows with the same group id (two renderings of one item) share a fold,
+    so no row is scored out of fold by a probe that trained on its twin; a group takes the
+    label of its first row. Without groups every row is its own group."""
+    if groups is None:
+        gen = torch.Generator().manual_seed(seed)
+        out = torch.empty(y.numel(), dtype=torch.long)
+        for cls in (0, 1):
+            idx = (y == cls).nonzero().flatten()
+            idx = idx[torch.randperm(idx.numel(), generator=gen)]
+            out[idx] = torch.arange(idx.numel()) % k
+        return out
+    uniq, inverse = torch.unique(groups, return_inverse=True)  # (G,), (N,)
+    first = torch.full((uniq.numel(),), y.numel(), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(y.numel()), reduce="amin")  # (G,)
+    return folds(y[first], k, seed)[inverse]  # (N,)
 
 
 @dataclass
@@ -244,15 +255,16 @@ def fit_cv(
     sustain: int = 1,
     seed: int = 0,
     max_iter: int = 150,
+    groups: torch.Tensor | None = None,
 ) -> ProbeFit:
     """Choose the penalty by stratified k-fold AUC, refit on everything, calibrate.
 
     The threshold puts at most ``target_fpr`` of the calibration negatives above it. Those are
     ``calib`` (held-out negative rows, scored by the final probe) and/or ``calib_rows`` (indices
     of training rows, scored out of fold under the chosen penalty); with neither, the out-of-fold
-    scores of every training negative.
+    scores of every training negative. ``groups`` keeps twin rows in one fold (:func:`folds`).
     """
-    fold = folds(y, k, seed)
+    fold = folds(y, k, seed, groups)
     cv: dict[float, tuple[float, float]] = {}
     oof: dict[float, torch.Tensor] = {}
     for lam in lambdas:

@@ -19,7 +19,7 @@ from monitor.policy.catalog import Catalog, ProbeSpec, probe_file_bytes
 from sae.discovery import catalog_io as cio
 from sae.discovery.activations import Stack, encode_items
 from sae.discovery.contrast import pooled_features, rank_features
-from sae.discovery.data import Item, items_sha256
+from sae.discovery.data import Item, items_sha256, with_raw_renderings
 from sae.discovery.probe import (
     DEFAULT_LAMBDAS,
     ProbeFit,
@@ -226,11 +226,15 @@ def train_probe(
     lambdas: Sequence[float] = DEFAULT_LAMBDAS,
     inline_max: int | None = None,
     max_iter: int = 150,
+    also_raw: bool = False,
 ) -> dict[str, Any]:
     """Train, calibrate and catalog a probe; returns a JSON-able summary.
 
     Calibration items that are also training negatives are scored out of fold, the others by
-    the final probe (:func:`~sae.discovery.probe.fit_cv`).
+    the final probe (:func:`~sae.discovery.probe.fit_cv`). ``also_raw``: every chat item is
+    also trained on (and calibrated with) as its raw rendering
+    (:func:`~sae.discovery.data.raw_rendering`), in the same cross-validation fold as its
+    chat-templated twin, so one threshold holds for callers that send bare prompts too.
     """
     if select not in SELECTIONS:
         raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
@@ -242,6 +246,15 @@ def train_probe(
         idx = _select(
             stack, positive, negative, how=select, top=top, pool=pool, span=span, sustain=sustain
         )
+    hashes = (items_sha256(positive), items_sha256(negative))
+    hash_cal = items_sha256(calibration) if calibration else ""
+    groups = None
+    if also_raw:
+        positive, g_pos = with_raw_renderings(positive)
+        negative, g_neg = with_raw_renderings(negative)
+        groups = torch.tensor(g_pos + [len(g_pos) + g for g in g_neg])  # (N,) twin → one fold
+        if calibration:
+            calibration = with_raw_renderings(calibration)[0]
     pos, neg = token_rows(stack, positive, idx, span), token_rows(stack, negative, idx, span)
     batch = TokenBatch.from_rows(pos + neg)
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).long()
@@ -259,6 +272,7 @@ def train_probe(
         sustain=sustain,
         lambdas=lambdas,
         max_iter=max_iter,
+        groups=groups,
     )
     stored = None
     if len(idx) > (INLINE_MAX if inline_max is None else inline_max):  # too many to review inline
@@ -272,16 +286,17 @@ def train_probe(
         f"{penalty.upper()} logistic probe on {len(idx)} features ({how}), {pool}-pooled over "
         f"span {span}"
         + (f", held for {sustain} tokens (use it with `for: {sustain}`)" if sustain > 1 else "")
+        + (
+            "; chat items also as their raw last user turn (no chat template), twins in one CV fold"
+            if also_raw
+            else ""
+        )
         + f"; lambda {fit.lam:g} by {k}-fold CV (AUC {best[0]:.3f} ± {best[1]:.3f}); "
         f"threshold at FPR {target_fpr:g} on {fit.calibration['calibration_source']} "
         f"(observed {float(fit.calibration['calibration_fpr']):.3f}); positives {len(pos)} "
-        f"sha256:{items_sha256(positive)[:16]} ({sources[0]}), negatives {len(neg)} "
-        f"sha256:{items_sha256(negative)[:16]} ({sources[1]})"
-        + (
-            f", calibration sha256:{items_sha256(calibration)[:16]} ({sources[2]})"
-            if calibration
-            else ""
-        )
+        f"sha256:{hashes[0][:16]} ({sources[0]}), negatives {len(neg)} "
+        f"sha256:{hashes[1][:16]} ({sources[1]})"
+        + (f", calibration sha256:{hash_cal[:16]} ({sources[2]})" if calibration else "")
         + f"; command: {cio.command_line()}"
     )
     spec = probe_spec(fit, None if stored else names, stack.sha256, desc, stored)

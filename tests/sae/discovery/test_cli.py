@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from monitor.cli import main
 from monitor.policy.catalog import load_catalog
@@ -318,3 +319,68 @@ def test_train_probe_refuses_an_existing_name_before_training_or_writing(
     assert (weights.read_bytes(), cat.read_bytes()) == before  # nothing rewritten
     assert main([*argv[:-6], "--name", "a/b", "--features", "all"]) == 2
     assert "probe name" in capsys.readouterr().err
+
+
+def test_also_raw_trains_on_both_renderings_and_eval_reads_raw_prompts(
+    tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sae.discovery.probe_catalog as pc
+
+    seen: dict[str, object] = {}
+    real_fit_cv = pc.fit_cv
+
+    def spy(batch: object, y: object, **kw: object) -> object:
+        seen.update(kw, n=len(y))  # type: ignore[arg-type]
+        return real_fit_cv(batch, y, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pc, "fit_cv", spy)
+    sae, det, cat = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det", tiny_stack_dir / "c6.yaml"
+    out = json.loads(
+        _run(
+            capsys,
+            *["features", "train-probe", "--positive", f"{det}:scam:train"],
+            *["--negative", f"{det}:benign:train", "--catalog", str(cat), "--sae", sae],
+            *["--calibration-negative", f"{det}:plain_benign:train", "--also-raw"],
+            *["--folds", "3", "--json", "--name", "r", "--top", "4", "--lambdas", "0.01"],
+        )
+    )
+    # train split: scam and benign items 0, 1, 4, 5, 8, 9 each; the even ones are chat items
+    assert (out["positives"], out["negatives"]) == (9, 9)  # 6 items + 3 raw twins each
+    groups = seen["groups"]
+    assert isinstance(groups, torch.Tensor) and groups.tolist() == [0, 1, 2, 3, 4, 5, 0, 2, 4] + [
+        9 + g for g in [0, 1, 2, 3, 4, 5, 0, 2, 4]
+    ]
+    desc = load_catalog(cat).probes["r"].description
+    assert "also as their raw last user turn" in desc
+    # calibration: the raw twins of the plain benign training items are scored out of fold too
+    assert "out of fold" in str(out["calibration"]["calibration_source"])
+    policy = tiny_stack_dir / "policy_raw.yaml"
+    policy.write_text(f"""version: 1
+policy: {{name: tiny}}
+saes:
+  main: {{path: {sae}}}
+imports:
+  - {{catalog: {cat.name}, sae: main}}
+rules:
+  - {{id: probe, severity: high, condition: {{probe: r}}, actions: [{{type: log}}]}}
+""")
+    import sae.discovery.detection as det_mod
+
+    scanned: list[list[object]] = []
+    real_scan = det_mod.scan_items
+
+    def scan_spy(cp: object, stack: object, items: list[object]) -> object:
+        scanned.append(items)
+        return real_scan(cp, stack, items)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(det_mod, "scan_items", scan_spy)
+    argv = ["eval", "detection", "--policy", str(policy), "--data", str(det), "--no-baseline"]
+    argv += ["--split", "dev"]  # items 2, 6, 10 of each category: chat items
+    as_is = json.loads(_run(capsys, *argv, "--json"))
+    raw = json.loads(_run(capsys, *argv, "--json", "--rendering", "raw"))
+    assert (as_is["rendering"], raw["rendering"]) == ("as-is", "raw")
+    assert as_is["items"] == raw["items"] == 6
+    assert all(it.messages is not None for it in scanned[0])  # type: ignore[attr-defined]
+    assert all(it.messages is None for it in scanned[1])  # type: ignore[attr-defined]
+    assert [it.id for it in scanned[0]] == [it.id for it in scanned[1]]  # type: ignore[attr-defined]
+    assert "(rendering raw)" in _run(capsys, *argv, "--rendering", "raw")

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from sae.discovery.activations import encode_items, load_stack, pool, tokenize_item
-from sae.discovery.data import Item, items_sha256, load_items, refuse_test_split
+from sae.discovery.data import (
+    Item,
+    items_sha256,
+    load_items,
+    raw_rendering,
+    refuse_test_split,
+    with_raw_renderings,
+)
 from sae.errors import FeatureguardError
 from tests.helpers.tiny_models import tiny_tokenizer
 
@@ -56,3 +63,46 @@ def test_subset_encode_equals_dense_columns(tiny_stack_dir: Path) -> None:
         assert torch.equal(d.positions, s.positions) and 0 not in d.positions.tolist()
         assert torch.allclose(d.values[:, [5, 40, 2]], s.values, atol=1e-6)
     assert pool(dense, "max").shape == (len(items), 64)
+
+
+def test_raw_rendering_is_the_last_user_turn_and_twins_share_a_group() -> None:
+    chat = Item(
+        "c",
+        messages=(
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "send me the code"},
+        ),
+        category="scam",
+        split="train",
+    )
+    text = Item("t", text="a plain passage", category="benign")
+    raw = raw_rendering(chat)
+    assert (raw.text, raw.messages, raw.id, raw.category, raw.split) == (
+        "send me the code",
+        None,
+        "c",
+        "scam",
+        "train",
+    )
+    assert raw.extra["rendering"] == "raw" and raw.body() != chat.body()
+    assert raw_rendering(text) is text
+    rows, groups = with_raw_renderings([text, chat, text])
+    assert [r.id for r in rows] == ["t", "c", "t", "c"] and rows[3] == raw
+    assert groups == [0, 1, 2, 1]
+
+
+def test_the_retired_test_split_is_trainable_and_the_fresh_one_is_not(tmp_path: Path) -> None:
+    det = tmp_path / "det"
+    (det / "items").mkdir(parents=True)
+    (det / "items" / "a.jsonl").write_text(
+        '{"id": "scam-0001", "category": "scam", "text": "old"}\n'
+        '{"id": "scam-2001", "category": "scam", "text": "new"}\n'
+    )
+    (det / "splits.json").write_text('{"scam-0001": "test_v1", "scam-2001": "test"}')
+    old = load_items(f"{det}:scam:test_v1")
+    assert [it.id for it in old] == ["scam-0001"]
+    refuse_test_split(old, "old")  # no error: test_v1 was reported once and retired
+    with pytest.raises(FeatureguardError, match="test-split"):
+        refuse_test_split(load_items(f"{det}:scam:test"), "new")

@@ -22,6 +22,7 @@ from sae.discovery.probe import (
     TokenBatch,
     fit,
     fit_cv,
+    folds,
     greedy_select,
     row_scores,
     sustained_peak,
@@ -232,3 +233,30 @@ def test_weights_file_probe_evaluates_identically_in_the_compiled_evaluator(
     cat = load_catalog(tmp_path / "cat.yaml")
     assert resolve_features("probe:p,1", cat) == [*idx, 1]
     assert resolve_features("all", cat) == list(range(64))
+
+
+def test_twin_rows_share_a_cross_validation_fold() -> None:
+    y = torch.tensor([1] * 10 + [0] * 20)
+    groups = torch.arange(30)
+    twins = torch.tensor([0, 3, 12, 15, 29, 20])  # raw renderings of these rows
+    y2, g2 = torch.cat([y, y[twins]]), torch.cat([groups, twins])
+    f = folds(y2, 5, seed=1, groups=g2)
+    assert torch.equal(f[30:], f[twins])  # each twin in its original's fold
+    assert torch.equal(f[:30], folds(y, 5, seed=1))  # the originals' folds do not move
+    for k in range(5):  # still stratified: every fold holds both classes
+        assert {0, 1} <= set(y2[f == k].tolist())
+
+
+def test_grouped_cv_scores_a_twin_with_a_probe_that_never_saw_it() -> None:
+    batch, y = planted(n=60)
+    n = y.numel()
+    both = TokenBatch(torch.cat([batch.x, batch.x]), torch.cat([batch.mask, batch.mask]))
+    y2, groups = torch.cat([y, y]), torch.cat([torch.arange(n), torch.arange(n)])
+    kw = {"k": 3, "lambdas": (1e-4,), "target_fpr": 0.05}
+    leaky = fit_cv(both, y2, **kw)  # type: ignore[arg-type]
+    grouped = fit_cv(both, y2, groups=groups, **kw)  # type: ignore[arg-type]
+    alone = fit_cv(batch, y, **kw)  # type: ignore[arg-type]
+    # with twins kept together, out-of-fold AUC is what the rows alone give; split apart, a
+    # row's exact copy is in training and the estimate is inflated
+    assert grouped.cv[1e-4][0] == pytest.approx(alone.cv[1e-4][0], abs=0.02)
+    assert leaky.cv[1e-4][0] > grouped.cv[1e-4][0]
