@@ -38,9 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stack_args(parser, span="all")
     parser.add_argument(
         "--pool",
-        choices=["max", "mean"],
+        choices=["max", "mean", "ema"],
         default="max",
-        help="max: peak per-token score (pooling token); mean: running mean",
+        help="max: peak per-token score (pooling token); mean: running mean over the row; ema: "
+        "exponentially weighted mean (follows the recent tokens; see --half-life)",
+    )
+    parser.add_argument(
+        "--half-life",
+        type=float,
+        default=None,
+        metavar="TOKENS",
+        help="with --pool ema: tokens over which a token's weight halves (default: 16)",
     )
     parser.add_argument("--penalty", choices=["l1", "l2"], default="l2")
     parser.add_argument(
@@ -107,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.max_iter < 1:
         raise FeatureguardError(f"--max-iter must be at least 1, not {args.max_iter}")
+    half_life = args.half_life
+    if half_life is None and args.pool == "ema":
+        half_life = 16.0
     stack = stack_from_args(args)
     out = train_probe(
         stack,
@@ -129,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         lambdas=lambdas,
         max_iter=args.max_iter,
         also_raw=args.also_raw,
+        half_life=half_life,
     )
     if args.json:
         print(dump_json(out))

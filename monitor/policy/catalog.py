@@ -19,7 +19,7 @@ A catalog is YAML (JSON is accepted too, being a subset) with this shape::
         features: [violence, roleplay]   # names in this catalog
         weights: [1.2, -0.4]             # one per feature
         bias: -3.0
-        pooling: token                   # token | mean (mean of the row's tokens so far)
+        pooling: token                   # token | mean (mean of the row's tokens so far) | ema
         link: logistic                   # logistic: threshold is a probability
         threshold: 0.5
         sae_sha256: <64 hex>             # must equal sae.sha256
@@ -27,9 +27,14 @@ A catalog is YAML (JSON is accepted too, being a subset) with this shape::
         weights_file: smollm2.probes/scam_dense.safetensors  # relative to this catalog
         weights_sha256: <64 hex>         # sha256 of that file
         bias: -2.1
-        pooling: mean
+        pooling: ema                     # exponentially weighted mean of the row's tokens:
+        half_life: 16                    # a token's weight halves every 16 tokens
         threshold: 0.7
         sae_sha256: <64 hex>
+
+Pooling (:mod:`monitor.policy.pooling`): ``token`` scores each token alone; ``mean`` the mean
+over the row's tokens so far (a long system prompt dilutes it); ``ema`` an exponentially
+weighted mean with the given ``half_life`` in tokens, which follows the recent tokens.
 
 A probe lists its inputs inline (``features`` + ``weights``) or, when it reads more features
 than a person would review line by line, in a safetensors file next to the catalog holding
@@ -94,7 +99,8 @@ class ProbeSpec(Strict):
     weights_file: str | None = Field(default=None, min_length=1)
     weights_sha256: Sha256 | None = None
     bias: Threshold = 0.0
-    pooling: Literal["token", "mean"] = "token"
+    pooling: Literal["token", "mean", "ema"] = "token"
+    half_life: float | None = Field(default=None, gt=0, le=1_000_000)  # tokens; pooling ema
     link: Literal["logistic", "linear"] = "logistic"
     threshold: Threshold
     sae_sha256: Sha256
@@ -105,6 +111,12 @@ class ProbeSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ProbeSpec:
+        if (self.pooling == "ema") != (self.half_life is not None):
+            raise ValueError(
+                "'half_life' (tokens) goes with 'pooling: ema', and only with it"
+                if self.half_life is not None
+                else "'pooling: ema' needs 'half_life' (tokens over which a token's weight halves)"
+            )
         if self.weights_file is not None:
             if self.features or self.weights:
                 raise ValueError(

@@ -86,6 +86,7 @@ class CompiledProbe:
     link: str
     threshold: float
     description: str
+    half_life: float | None = None  # tokens, for pooling 'ema'
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ class PolicyTensors:
     clamp_val: torch.Tensor  # (Nc,) float: cap in absolute units
     probe_w: torch.Tensor  # (K, P) float
     probe_b: torch.Tensor  # (P,) float
-    probe_mean: torch.Tensor  # (P,) bool: pooling 'mean' (running mean over the row's tokens)
+    probe_pooled: torch.Tensor  # (P,) bool: pooling 'mean' or 'ema' (over the row's tokens)
+    probe_log_decay: torch.Tensor  # (P,) float64: ln α per valid token (0 unless 'ema')
     max_window: int  # longest `of_last` (1 when no rule uses a window)
 
     def to(self, device: torch.device | str) -> PolicyTensors:

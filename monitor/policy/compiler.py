@@ -25,6 +25,7 @@ from monitor.policy.compiled import (
     ContextException,
     PolicyTensors,
 )
+from monitor.policy.pooling import log_decay
 from monitor.policy.semantics import Resolved
 
 FALSE: tuple[Any, ...] = ("const", 0)
@@ -256,6 +257,7 @@ def _probe(res: Resolved, name: str, p: int) -> CompiledProbe:
         pr.spec.link,
         pr.spec.threshold,
         pr.spec.description,
+        pr.spec.half_life,
     )
 
 
@@ -320,8 +322,15 @@ def _rule_tensors(
         clamp_val=torch.tensor(cl_val, dtype=torch.float32),
         probe_w=probe_w,
         probe_b=torch.tensor([res.probes[n].spec.bias for n in probe_names], dtype=torch.float32),
-        probe_mean=torch.tensor(
-            [res.probes[n].spec.pooling == "mean" for n in probe_names], dtype=torch.bool
+        probe_pooled=torch.tensor(
+            [res.probes[n].spec.pooling != "token" for n in probe_names], dtype=torch.bool
+        ),
+        probe_log_decay=torch.tensor(
+            [
+                log_decay(res.probes[n].spec.pooling, res.probes[n].spec.half_life)
+                for n in probe_names
+            ],
+            dtype=torch.float64,
         ),
         max_window=max([w.of_last for w in windows], default=1),
     )

@@ -1,9 +1,10 @@
 """Evaluate a compiled policy on per-token feature activations, vectorised over rows and rules.
 
-``Evaluator(compiled).new_state(B, device, contexts)`` makes the per-row state (windows, ``for``
-runs, cooldowns, holds, probe means); ``step(acts, valid, phase, state)`` consumes a chunk of
-tokens and returns a :class:`StepResult` of on-device tensors. Nothing here reads a tensor back to
-the host, executes an action or logs: the runtime reads the masks and acts.
+``Evaluator(compiled).new_state(B, device, contexts)`` makes the per-row state (windows,
+``for`` runs, cooldowns, holds, pooled probe scores); ``step(acts, valid, phase, state)``
+consumes a chunk of tokens and returns a :class:`StepResult` of on-device tensors. Nothing here
+reads a tensor back to the host, executes an action or logs: the runtime reads the masks and
+acts.
 
 Per rule, at each of its tokens (valid, and in the rule's scope; other tokens change nothing):
 
@@ -29,6 +30,7 @@ import torch
 from monitor.policy.circuit import Circuit
 from monitor.policy.compiled import CompiledPolicy, PolicyTensors
 from monitor.policy.enforcement import StepResult, enforcement
+from monitor.policy.pooling import pool_scan
 from monitor.policy.temporal import BIG, WINDOW_BITS, EvalState, Temporal
 
 Context = Mapping[str, Any]
@@ -91,6 +93,7 @@ class Evaluator:
         self._circuit: dict[torch.device, Circuit] = {}
         self._temporal: dict[torch.device, Temporal] = {}
         self._mean_pooling = any(p.pooling == "mean" for p in compiled.probes)
+        self._ema_pooling = any(p.pooling == "ema" for p in compiled.probes)
         t = compiled.tensors
         # every rule looks at every valid token of the phase: no (B, T, R) scope mask
         self._all_scope = {
@@ -154,8 +157,8 @@ class Evaluator:
             active=zeros(B, 1, R, dtype=torch.bool),
             hold_left=zeros(B, 1, R),
             since=torch.full((B, 1, R), BIG, dtype=torch.long, device=dev),
-            probe_sum=zeros(B, P, dtype=torch.float32),
-            probe_cnt=zeros(B, 1, dtype=torch.float32),
+            probe_sum=zeros(B, P, dtype=torch.float64 if self._ema_pooling else torch.float32),
+            probe_cnt=zeros(B, P, dtype=torch.float64 if self._ema_pooling else torch.float32),
             exc_ctx=self.context_mask(contexts, B).to(dev),
         )
 
@@ -185,11 +188,16 @@ class Evaluator:
         vals = x  # (B, T, K + P) once probe scores are appended
         if self.compiled.P:
             scores = x @ t.probe_w + t.probe_b  # (B, T, P)
-            if self._mean_pooling:
+            if self._ema_pooling:  # one float64 scan for every pooled probe (pooling module)
+                pooled, state.probe_sum, state.probe_cnt = pool_scan(
+                    scores, valid, t.probe_log_decay, state.probe_sum, state.probe_cnt
+                )
+                scores = torch.where(t.probe_pooled, pooled, scores)  # (B, T, P)
+            elif self._mean_pooling:
                 vf = valid.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
                 csum = state.probe_sum.unsqueeze(1) + torch.cumsum(scores * vf, dim=1)
                 ccnt = state.probe_cnt.unsqueeze(1) + torch.cumsum(vf, dim=1)
-                scores = torch.where(t.probe_mean, csum / ccnt.clamp_min(1.0), scores)
+                scores = torch.where(t.probe_pooled, csum / ccnt.clamp_min(1.0), scores)
                 state.probe_sum, state.probe_cnt = csum[:, -1], ccnt[:, -1]
             vals = torch.cat([x, scores], dim=-1)  # (B, T, K + P)
         cond, ok = self._circuit[state.device](vals, state.exc_ctx)

@@ -157,7 +157,9 @@ def explain(p: CompiledPolicy, top: int = 5) -> str:
         tops = ", ".join(f"{f} {w:+.3g}" for f, w in ranked[:top])
         out.append(
             f"  {pr.name} ({pr.link}, threshold {_num(pr.threshold)}, pooling "
-            f"{pr.pooling}, bias {_num(pr.bias)}): top features {tops}"
+            f"{pr.pooling}"
+            + (f" (half-life {_num(pr.half_life)} tokens)" if pr.half_life is not None else "")
+            + f", bias {_num(pr.bias)}): top features {tops}"
         )
     t = p.tensors
     gates = sum(int(lvl[0].shape[0]) for lvl in t.levels)

@@ -36,8 +36,8 @@ class EvalState:
     active: torch.Tensor  # (B, 1, R) bool
     hold_left: torch.Tensor  # (B, 1, R) hold tokens left
     since: torch.Tensor  # (B, 1, R) tokens since the last match
-    probe_sum: torch.Tensor  # (B, P) running sum of probe logits (for mean pooling)
-    probe_cnt: torch.Tensor  # (B, 1) valid tokens in that sum
+    probe_sum: torch.Tensor  # (B, P) (decayed) sum of probe logits, mean/ema pooling
+    probe_cnt: torch.Tensor  # (B, P) (decayed) count of valid tokens in that sum
     exc_ctx: torch.Tensor  # (B, X) bool: exception x applies to row b's request context
 
     @property

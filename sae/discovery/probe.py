@@ -8,6 +8,8 @@ score is
 
     row(x) = max_t min(s_{t-N+1} … s_t)     s = z (pool "max" → pooling "token")
                                              s = m (pool "mean" → pooling "mean")
+                                             s = e (pool "ema" → pooling "ema": the
+                                             exponentially weighted mean of z, half-life H)
 
 (``sustain`` = N; N = 1 is the plain peak; a row shorter than N never fires: score −inf), and
 that is what we train (balanced logistic loss on ``row``, L1 or L2 penalty, L-BFGS),
@@ -32,9 +34,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from monitor.policy.pooling import log_decay, pool_scan
 from sae.discovery.metrics import auc, threshold_at_fpr
 
-POOL_TO_SPEC = {"max": "token", "mean": "mean"}
+POOL_TO_SPEC = {"max": "token", "mean": "mean", "ema": "ema"}
 DEFAULT_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 _NEVER = -30.0  # training stand-in for a row that cannot fire (shorter than ``sustain``)
 
@@ -64,14 +67,24 @@ class TokenBatch:
 
 
 def token_scores(
-    x: torch.Tensor, mask: torch.Tensor, w: torch.Tensor, b: torch.Tensor | float, spec_pool: str
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | float,
+    spec_pool: str,
+    half_life: float | None = None,
 ) -> torch.Tensor:
     """Per-token probe logits as the evaluator computes them: ``(N, T, K)`` → ``(N, T)``.
 
-    ``spec_pool`` is the serialised pooling: ``token`` or ``mean`` (running mean over the
-    row's valid tokens so far).
+    ``spec_pool`` is the serialised pooling: ``token``, ``mean`` (running mean over the row's
+    valid tokens so far) or ``ema`` (exponentially weighted mean, ``half_life`` tokens;
+    :mod:`monitor.policy.pooling`, the evaluator's own scan).
     """
     z = x @ w.unsqueeze(-1)  # (N, T, 1)
+    if spec_pool == "ema":
+        zero = torch.zeros(z.shape[0], 1, dtype=torch.float64)  # (N, 1) fresh rows
+        la = torch.tensor([log_decay("ema", half_life)], dtype=torch.float64)  # (1,)
+        return pool_scan(z + b, mask, la, zero, zero)[0].squeeze(-1)  # (N, T)
     z = (z + b).squeeze(-1)  # (N, T)
     if spec_pool == "mean":
         vf = mask.to(z.dtype)
@@ -102,19 +115,42 @@ def sustained_peak(s: torch.Tensor, mask: torch.Tensor, n: int = 1) -> tuple[tor
 
 
 def row_scores(
-    batch: TokenBatch, w: torch.Tensor, b: torch.Tensor | float, pool: str, sustain: int = 1
+    batch: TokenBatch,
+    w: torch.Tensor,
+    b: torch.Tensor | float,
+    pool: str,
+    sustain: int = 1,
+    half_life: float | None = None,
 ) -> torch.Tensor:
     """``(N,)``: each row's score (module doc): the peak per-token score, held for ``sustain``
     consecutive tokens."""
-    z = token_scores(batch.x, batch.mask, w, b, POOL_TO_SPEC[pool])
+    z = token_scores(batch.x, batch.mask, w, b, POOL_TO_SPEC[pool], half_life)
     return sustained_peak(z, batch.mask, sustain)[0]
 
 
-def _standardiser(batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std ``(K,)`` over valid tokens (std 1 for constant features)."""
-    v = batch.x[batch.mask]  # (M, K)
-    mu, sd = v.mean(0), v.std(0) if v.shape[0] > 1 else torch.ones(v.shape[1])
-    return mu, torch.where(sd > 1e-8, sd, torch.ones_like(sd))
+_CHUNK_ROWS = 64  # rows per slice when a statistic is taken over a (large) batch
+
+
+def _row_stats(batch: TokenBatch, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Over ``rows`` of ``batch``, ``_CHUNK_ROWS`` at a time (never a full-size temporary):
+    per-feature mean and std ``(K,)`` over valid tokens (std 1 for constant features), and each
+    row's mean feature vector ``(len(rows), K)``."""
+    K = batch.x.shape[-1]
+    total, sq = torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
+    n, means = 0, []
+    for lo in range(0, rows.numel(), _CHUNK_ROWS):
+        r = rows[lo : lo + _CHUNK_ROWS]
+        x, m = batch.x[r], batch.mask[r].unsqueeze(-1).to(batch.x.dtype)  # (c, T, K), (c, T, 1)
+        xm = x * m
+        total += xm.sum((0, 1)).double()
+        sq += (xm * x).sum((0, 1)).double()
+        n += int(m.sum())
+        means.append(xm.sum(1) / m.sum(1).clamp_min(1.0))  # (c, K)
+    mu = total / max(n, 1)
+    var = (sq - n * mu * mu) / max(n - 1, 1)
+    sd = var.clamp_min(0).sqrt()
+    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd)) if n > 1 else torch.ones(K)
+    return mu.float(), sd.float(), torch.cat(means) if means else torch.zeros(0, K)
 
 
 def balanced_weights(y: torch.Tensor) -> torch.Tensor:
@@ -133,31 +169,44 @@ def fit(
     lam: float = 1e-3,
     sustain: int = 1,
     max_iter: int = 150,
+    half_life: float | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Fit ``(w (K,), b)`` by balanced logistic loss on :func:`row_scores` plus
-    ``lam · ||v||²`` (l2) or ``lam · ||v||₁`` (l1, smoothed) on the standardised weights."""
-    mu, sd = _standardiser(batch)
-    z = TokenBatch((batch.x - mu) / sd, batch.mask)
+    ``lam · ||v||²`` (l2) or ``lam · ||v||₁`` (l1, smoothed) on the standardised weights.
+
+    ``rows`` (long indices): fit on those rows of ``batch`` only (``y`` is for those rows).
+    Nothing the size of ``batch`` is copied: the standardisation is folded into the weights
+    (``w = v / sd``, ``b = c − mu · w``), which is the same optimisation over ``v``, so a
+    whole-dictionary probe trains in about the memory of its activations."""
+    idx = torch.arange(batch.x.shape[0]) if rows is None else rows
+    mu, sd, row_mean = _row_stats(batch, idx)  # (K,), (K,), (n, K)
     yf = y.float()
-    weight = balanced_weights(y)  # (N,)
+    weight = balanced_weights(y)  # (n,)
     # Start from the same penalised logistic fit on each row's mean features (convex and cheap;
     # for pool "mean" it scores the last token's running mean): at v = 0 every token ties, the
     # peak sits on each row's first token and the gradient can vanish, and with thousands of
     # features a poor start leaves L-BFGS far from a good optimum.
-    vf = z.mask.unsqueeze(-1).float()  # (N, T, 1)
-    row_mean = (z.x * vf).sum(1) / vf.sum(1).clamp_min(1.0)  # (N, K)
-    v0, c0 = _fit_rows(row_mean, yf, weight, penalty, lam, max(200, max_iter))  # cheap: (N, K)
+    std_mean = (row_mean - mu) / sd  # (n, K) standardised
+    v0, c0 = _fit_rows(std_mean, yf, weight, penalty, lam, max(200, max_iter))  # cheap: (n, K)
     v = v0.clone().requires_grad_(True)
     c = c0.clone().requires_grad_(True)
+    sub = batch if rows is None else None
 
-    def loss_of(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def objective() -> torch.Tensor:
+        w = v / sd  # (K,)
+        b = c - (mu * w).sum()
+        if sub is not None:
+            s = row_scores(sub, w, b, pool, sustain, half_life)  # (n,)
+        else:  # every row is scored (one matmul), the others' scores are dropped
+            s = row_scores(batch, w, b, pool, sustain, half_life)[idx]  # (n,)
         s = torch.where(torch.isfinite(s), s, torch.full_like(s, _NEVER))
         loss = (
             torch.nn.functional.binary_cross_entropy_with_logits(s, yf, reduction="none") * weight
         ).sum()
         return loss + lam * _penalty(v, penalty)
 
-    _lbfgs([v, c], lambda: loss_of(row_scores(z, v, c, pool, sustain), v), max_iter)
+    _lbfgs([v, c], objective, max_iter)
     w = (v.detach() / sd).float()
     return w, float(c.detach() - (mu * w).sum())
 
@@ -228,13 +277,14 @@ class ProbeFit:
 
     w: torch.Tensor  # (K,)
     b: float
-    pool: str  # max | mean (training pooling)
+    pool: str  # max | mean | ema (training pooling)
     penalty: str
     lam: float
     threshold: float  # on the logit scale: fire when row score > threshold
     cv: dict[float, tuple[float, float]] = field(default_factory=dict)  # lam → (AUC mean, std)
     calibration: dict[str, float | str] = field(default_factory=dict)
     sustain: int = 1  # the rule's `for:` this probe was trained and calibrated for
+    half_life: float | None = None  # tokens, pool "ema"
 
     @property
     def spec_pooling(self) -> str:
@@ -256,6 +306,7 @@ def fit_cv(
     seed: int = 0,
     max_iter: int = 150,
     groups: torch.Tensor | None = None,
+    half_life: float | None = None,
 ) -> ProbeFit:
     """Choose the penalty by stratified k-fold AUC, refit on everything, calibrate.
 
@@ -272,35 +323,46 @@ def fit_cv(
         for f in range(k):
             tr, te = (fold != f).nonzero().flatten(), (fold == f).nonzero().flatten()
             w, b = fit(
-                batch.take(tr),
+                batch,
                 y[tr],
+                rows=tr,
                 pool=pool,
                 penalty=penalty,
                 lam=lam,
                 sustain=sustain,
                 max_iter=max_iter,
+                half_life=half_life,
             )
-            scores[te] = row_scores(batch.take(te), w, b, pool, sustain)
+            scores[te] = row_scores(batch, w, b, pool, sustain, half_life)[te]
             if 0 < int(y[te].sum()) < te.numel():
                 aucs.append(float(auc(scores[te][y[te] == 1], scores[te][y[te] == 0])))
         t = torch.tensor(aucs or [float("nan")])
         cv[lam] = (float(t.mean()), float(t.std()) if len(aucs) > 1 else 0.0)
         oof[lam] = scores
     best = max(lambdas, key=lambda lam: (cv[lam][0], lam))  # ties → the stronger penalty
-    w, b = fit(batch, y, pool=pool, penalty=penalty, lam=best, sustain=sustain, max_iter=max_iter)
+    w, b = fit(
+        batch,
+        y,
+        pool=pool,
+        penalty=penalty,
+        lam=best,
+        sustain=sustain,
+        max_iter=max_iter,
+        half_life=half_life,
+    )
     parts, sources = [], []
     if calib_rows is not None and calib_rows.numel():
         parts.append(oof[best][calib_rows])
         sources.append(f"{calib_rows.numel()} training negatives out of fold")
     if calib is not None:
-        parts.append(row_scores(calib, w, b, pool, sustain))
+        parts.append(row_scores(calib, w, b, pool, sustain, half_life))
         sources.append(f"{calib.x.shape[0]} held-out negatives")
     if not parts:
         parts.append(oof[best][y == 0])
         sources.append("out-of-fold training negatives")
     neg = torch.cat(parts)
     thr = threshold_at_fpr(neg, target_fpr)
-    train = row_scores(batch, w, b, pool, sustain)
+    train = row_scores(batch, w, b, pool, sustain, half_life)
     pos_oof = oof[best][y == 1]
     return ProbeFit(
         w,
@@ -319,6 +381,7 @@ def fit_cv(
             "oof_recall": float((pos_oof > thr).float().mean()),
         },
         sustain,
+        half_life,
     )
 
 

@@ -148,6 +148,7 @@ def probe_spec(
         **inputs,
         bias=float(fit.b),
         pooling=fit.spec_pooling,  # type: ignore[arg-type]
+        half_life=fit.half_life,
         link=link,  # type: ignore[arg-type]
         threshold=thr,
         sae_sha256=sha256,
@@ -182,6 +183,8 @@ def _select(
     sustain: int,
 ) -> list[int]:
     if how == "greedy":
+        if pool == "ema":
+            raise FeatureguardError("--select greedy works with --pool max or mean, not ema")
         rows = sparse_rows(stack, [*positive, *negative], span)
         y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).long()
         return greedy_select(rows, y, top, pool=pool, sustain=sustain)
@@ -227,6 +230,7 @@ def train_probe(
     inline_max: int | None = None,
     max_iter: int = 150,
     also_raw: bool = False,
+    half_life: float | None = None,
 ) -> dict[str, Any]:
     """Train, calibrate and catalog a probe; returns a JSON-able summary.
 
@@ -238,6 +242,11 @@ def train_probe(
     """
     if select not in SELECTIONS:
         raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
+    if (pool == "ema") != (half_life is not None) or (half_life is not None and half_life <= 0):
+        raise FeatureguardError(
+            f"--half-life (> 0 tokens) goes with --pool ema and only with it (pool {pool!r}, "
+            f"half-life {half_life!r})"
+        )
     cat = cio.open_catalog(catalog, stack)
     cio.check_probe_name(cat, name, replace=replace)  # before training or writing any file
     if features:
@@ -256,9 +265,11 @@ def train_probe(
         if calibration:
             calibration = with_raw_renderings(calibration)[0]
     pos, neg = token_rows(stack, positive, idx, span), token_rows(stack, negative, idx, span)
+    n_pos, n_neg = len(pos), len(neg)
     batch = TokenBatch.from_rows(pos + neg)
-    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).long()
-    held, calib_rows = _calibration(calibration, negative, len(pos))
+    del pos, neg  # the padded batch holds them now (a whole-dictionary batch is large)
+    y = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)]).long()
+    held, calib_rows = _calibration(calibration, negative, n_pos)
     calib = TokenBatch.from_rows(token_rows(stack, held, idx, span)) if held else None
     fit = fit_cv(
         batch,
@@ -273,6 +284,7 @@ def train_probe(
         lambdas=lambdas,
         max_iter=max_iter,
         groups=groups,
+        half_life=half_life,
     )
     stored = None
     if len(idx) > (INLINE_MAX if inline_max is None else inline_max):  # too many to review inline
@@ -283,8 +295,9 @@ def train_probe(
     best = fit.cv[fit.lam]
     how = "given" if features else f"the {len(idx)} best by {select} selection"
     desc = (
-        f"{penalty.upper()} logistic probe on {len(idx)} features ({how}), {pool}-pooled over "
-        f"span {span}"
+        f"{penalty.upper()} logistic probe on {len(idx)} features ({how}), {pool}-pooled"
+        + (f" (half-life {half_life:g} tokens)" if half_life is not None else "")
+        + f" over span {span}"
         + (f", held for {sustain} tokens (use it with `for: {sustain}`)" if sustain > 1 else "")
         + (
             "; chat items also as their raw last user turn (no chat template), twins in one CV fold"
@@ -293,8 +306,8 @@ def train_probe(
         )
         + f"; lambda {fit.lam:g} by {k}-fold CV (AUC {best[0]:.3f} ± {best[1]:.3f}); "
         f"threshold at FPR {target_fpr:g} on {fit.calibration['calibration_source']} "
-        f"(observed {float(fit.calibration['calibration_fpr']):.3f}); positives {len(pos)} "
-        f"sha256:{hashes[0][:16]} ({sources[0]}), negatives {len(neg)} "
+        f"(observed {float(fit.calibration['calibration_fpr']):.3f}); positives {n_pos} "
+        f"sha256:{hashes[0][:16]} ({sources[0]}), negatives {n_neg} "
         f"sha256:{hashes[1][:16]} ({sources[1]})"
         + (f", calibration sha256:{hash_cal[:16]} ({sources[2]})" if calibration else "")
         + f"; command: {cio.command_line()}"
@@ -310,6 +323,7 @@ def train_probe(
         "weights": spec.weights if not stored else None,
         "bias": spec.bias,
         "pooling": spec.pooling,
+        "half_life": spec.half_life,
         "sustain": sustain,
         "link": spec.link,
         "threshold": spec.threshold,
@@ -317,6 +331,6 @@ def train_probe(
         "lambda": fit.lam,
         "cv_auc": {f"{lam:g}": v for lam, v in fit.cv.items()},
         "calibration": fit.calibration,
-        "positives": len(pos),
-        "negatives": len(neg),
+        "positives": n_pos,
+        "negatives": n_neg,
     }

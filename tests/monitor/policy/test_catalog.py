@@ -161,3 +161,32 @@ def test_the_same_probe_name_from_two_imports_is_an_error(tmp_path: Path) -> Non
     with pytest.raises(PolicyError) as err:
         load_policy_text(text, base_dir=tmp_path, resolver=static_resolver({"main": 16}))
     assert "FG317" in err.value.report() and "two imports" in err.value.report()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("    pooling: ema\n", "'pooling: ema' needs 'half_life'"),
+        ("    pooling: mean\n    half_life: 8\n", "goes with 'pooling: ema', and only with it"),
+        ("    pooling: ema\n    half_life: 0\n", "greater than 0"),
+    ],
+)
+def test_ema_pooling_and_its_half_life_come_together(
+    tmp_path: Path, edit: str, message: str
+) -> None:
+    path = _write(tmp_path, probe_file_bytes([1], [1.0]))
+    path.write_text(path.read_text().replace("    pooling: token\n", edit))
+    with pytest.raises(PolicyError) as err:
+        load_catalog(path)
+    report = err.value.report()
+    assert message in report and str(path) in report
+
+
+def test_an_ema_probe_round_trips(tmp_path: Path) -> None:
+    path = _write(tmp_path, probe_file_bytes([1], [1.0]))
+    text = path.read_text().replace(
+        "    pooling: token\n", "    pooling: ema\n    half_life: 12.5\n"
+    )
+    path.write_text(text)
+    probe = load_catalog(path).probes["p"]
+    assert (probe.pooling, probe.half_life) == ("ema", 12.5)

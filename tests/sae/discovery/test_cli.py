@@ -342,16 +342,24 @@ def test_also_raw_trains_on_both_renderings_and_eval_reads_raw_prompts(
             *["--negative", f"{det}:benign:train", "--catalog", str(cat), "--sae", sae],
             *["--calibration-negative", f"{det}:plain_benign:train", "--also-raw"],
             *["--folds", "3", "--json", "--name", "r", "--top", "4", "--lambdas", "0.01"],
+            *["--pool", "ema", "--half-life", "4"],
         )
     )
+    assert (out["pooling"], out["half_life"]) == ("ema", 4.0)
     # train split: scam and benign items 0, 1, 4, 5, 8, 9 each; the even ones are chat items
     assert (out["positives"], out["negatives"]) == (9, 9)  # 6 items + 3 raw twins each
     groups = seen["groups"]
     assert isinstance(groups, torch.Tensor) and groups.tolist() == [0, 1, 2, 3, 4, 5, 0, 2, 4] + [
         9 + g for g in [0, 1, 2, 3, 4, 5, 0, 2, 4]
     ]
-    desc = load_catalog(cat).probes["r"].description
-    assert "also as their raw last user turn" in desc
+    probe = load_catalog(cat).probes["r"]
+    assert (probe.pooling, probe.half_life) == ("ema", 4.0)
+    assert "also as their raw last user turn" in probe.description
+    assert "ema-pooled (half-life 4 tokens)" in probe.description
+    bad = ["features", "train-probe", "--positive", f"{det}:scam:train", "--sae", sae]
+    bad += ["--negative", f"{det}:benign:train", "--catalog", str(cat), "--name", "q"]
+    assert main([*bad, "--pool", "max", "--half-life", "4"]) == 2  # half-life needs ema
+    assert "--half-life" in capsys.readouterr().err
     # calibration: the raw twins of the plain benign training items are scored out of fold too
     assert "out of fold" in str(out["calibration"]["calibration_source"])
     policy = tiny_stack_dir / "policy_raw.yaml"

@@ -110,12 +110,16 @@ rules:
     return load_policy_text(text, base_dir=tmp_path, resolver=resolver)
 
 
-@pytest.mark.parametrize(("pool", "sustain"), [("max", 1), ("mean", 1), ("max", 2), ("mean", 3)])
+@pytest.mark.parametrize(
+    ("pool", "sustain"), [("max", 1), ("mean", 1), ("max", 2), ("mean", 3), ("ema", 1), ("ema", 3)]
+)
 def test_serialised_probe_evaluates_identically_in_the_compiled_evaluator(
     tmp_path: Path, pool: str, sustain: int
 ) -> None:
     batch, y = planted(n=120)
-    f = fit_cv(batch, y, pool=pool, k=3, lambdas=(1e-3, 1e-2), sustain=sustain)
+    hl = 2.0 if pool == "ema" else None
+    f = fit_cv(batch, y, pool=pool, k=3, lambdas=(1e-3, 1e-2), sustain=sustain, half_life=hl)
+    assert f.half_life == hl
     assert f.sustain == sustain
     idx = [40, 3, 17, 8, 63, 0, 22, 5, 31, 12]  # unsorted: the policy reorders its columns
     cp = _policy(tmp_path, f.spec_pooling, f, idx, sustain=sustain)
@@ -124,11 +128,16 @@ def test_serialised_probe_evaluates_identically_in_the_compiled_evaluator(
         acts[..., cp.feature_columns[f"f{i}"]] = batch.x[..., j]
     ev = Evaluator(cp)
     res = ev.step(acts, batch.mask, "prompt", ev.new_state(acts.shape[0]))
-    ours = token_scores(batch.x, batch.mask, f.w, f.b, f.spec_pooling)  # (N, T)
+    ours = token_scores(batch.x, batch.mask, f.w, f.b, f.spec_pooling, hl)  # (N, T)
     theirs = res.probe_scores[..., 0]
     assert torch.allclose(ours[batch.mask], theirs[batch.mask], atol=1e-5)
+    state, steps = ev.new_state(acts.shape[0]), []  # decode: one token per step
+    for t in range(acts.shape[1]):
+        steps.append(ev.step(acts[:, t : t + 1], batch.mask[:, t : t + 1], "prompt", state))
+    one_by_one = torch.cat([r.probe_scores[..., 0] for r in steps], dim=1)  # (N, T)
+    assert torch.allclose(one_by_one[batch.mask], theirs[batch.mask], atol=1e-5)
     fired_eval = res.match.any(dim=1)[:, 0]
-    fired_ours = row_scores(batch, f.w, f.b, pool, sustain) > f.threshold
+    fired_ours = row_scores(batch, f.w, f.b, pool, sustain, hl) > f.threshold
     assert torch.equal(fired_eval, fired_ours)
     assert 0 < int(fired_ours.sum()) < len(fired_ours)  # the comparison is not vacuous
 
