@@ -291,6 +291,12 @@ class ProbeFit:
         return POOL_TO_SPEC[self.pool]
 
 
+def stratified_threshold(scores: torch.Tensor, strata: torch.Tensor, target_fpr: float) -> float:
+    """The lowest threshold that keeps at most ``target_fpr`` of each stratum's negative
+    ``scores`` above it: the highest of the per-stratum thresholds."""
+    return max(threshold_at_fpr(scores[strata == k], target_fpr) for k in strata.unique())
+
+
 def fit_cv(
     batch: TokenBatch,
     y: torch.Tensor,
@@ -307,6 +313,7 @@ def fit_cv(
     max_iter: int = 150,
     groups: torch.Tensor | None = None,
     half_life: float | None = None,
+    calib_strata: torch.Tensor | None = None,
 ) -> ProbeFit:
     """Choose the penalty by stratified k-fold AUC, refit on everything, calibrate.
 
@@ -314,6 +321,9 @@ def fit_cv(
     ``calib`` (held-out negative rows, scored by the final probe) and/or ``calib_rows`` (indices
     of training rows, scored out of fold under the chosen penalty); with neither, the out-of-fold
     scores of every training negative. ``groups`` keeps twin rows in one fold (:func:`folds`).
+    ``calib_strata`` (one id per calibration negative, ``calib_rows`` first, then ``calib``):
+    the threshold holds ``target_fpr`` within every stratum (the highest of their thresholds),
+    e.g. chat-templated and raw renderings alike.
     """
     fold = folds(y, k, seed, groups)
     cv: dict[float, tuple[float, float]] = {}
@@ -361,7 +371,11 @@ def fit_cv(
         parts.append(oof[best][y == 0])
         sources.append("out-of-fold training negatives")
     neg = torch.cat(parts)
-    thr = threshold_at_fpr(neg, target_fpr)
+    if calib_strata is None:
+        thr = threshold_at_fpr(neg, target_fpr)
+    else:
+        thr = stratified_threshold(neg, calib_strata, target_fpr)
+        sources.append(f"the highest of {int(calib_strata.unique().numel())} strata's thresholds")
     train = row_scores(batch, w, b, pool, sustain, half_life)
     pos_oof = oof[best][y == 1]
     return ProbeFit(

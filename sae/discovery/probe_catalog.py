@@ -258,6 +258,7 @@ def train_probe(
     hashes = (items_sha256(positive), items_sha256(negative))
     hash_cal = items_sha256(calibration) if calibration else ""
     groups = None
+    n_plain_neg = len(negative)  # training negatives before their raw twins
     if also_raw:
         positive, g_pos = with_raw_renderings(positive)
         negative, g_neg = with_raw_renderings(negative)
@@ -270,6 +271,14 @@ def train_probe(
     del pos, neg  # the padded batch holds them now (a whole-dictionary batch is large)
     y = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)]).long()
     held, calib_rows = _calibration(calibration, negative, n_pos)
+    strata = None
+    if also_raw:  # the threshold holds the target for templated/text and raw rows alike
+        if not calibration:  # every training negative, out of fold
+            strata = (torch.arange(n_neg) >= n_plain_neg).long()
+        else:
+            rows = [] if calib_rows is None else [int(r) - n_pos >= n_plain_neg for r in calib_rows]
+            strata = torch.tensor(rows + [it.extra.get("rendering") == "raw" for it in held])
+            strata = strata.long()
     calib = TokenBatch.from_rows(token_rows(stack, held, idx, span)) if held else None
     fit = fit_cv(
         batch,
@@ -285,6 +294,7 @@ def train_probe(
         max_iter=max_iter,
         groups=groups,
         half_life=half_life,
+        calib_strata=strata,
     )
     stored = None
     if len(idx) > (INLINE_MAX if inline_max is None else inline_max):  # too many to review inline
@@ -300,7 +310,8 @@ def train_probe(
         + f" over span {span}"
         + (f", held for {sustain} tokens (use it with `for: {sustain}`)" if sustain > 1 else "")
         + (
-            "; chat items also as their raw last user turn (no chat template), twins in one CV fold"
+            "; chat items also as their raw last user turn (no chat template), twins in one CV "
+            "fold, threshold at the target for both renderings"
             if also_raw
             else ""
         )

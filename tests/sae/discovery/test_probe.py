@@ -16,7 +16,7 @@ from monitor.policy.explain import explain
 from monitor.policy.loader import load_policy_text
 from monitor.policy.saes import static_resolver
 from sae.discovery.data import Item
-from sae.discovery.metrics import auc
+from sae.discovery.metrics import auc, threshold_at_fpr
 from sae.discovery.probe import (
     SparseRows,
     TokenBatch,
@@ -25,6 +25,7 @@ from sae.discovery.probe import (
     folds,
     greedy_select,
     row_scores,
+    stratified_threshold,
     sustained_peak,
     token_scores,
 )
@@ -269,3 +270,20 @@ def test_grouped_cv_scores_a_twin_with_a_probe_that_never_saw_it() -> None:
     # row's exact copy is in training and the estimate is inflated
     assert grouped.cv[1e-4][0] == pytest.approx(alone.cv[1e-4][0], abs=0.02)
     assert leaky.cv[1e-4][0] > grouped.cv[1e-4][0]
+
+
+def test_stratified_calibration_holds_the_target_in_every_stratum() -> None:
+    scores = torch.cat([torch.arange(20.0), torch.arange(20.0) + 5])  # stratum 1 scores higher
+    strata = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    thr = stratified_threshold(scores, strata, 0.1)
+    assert thr == threshold_at_fpr(scores[20:], 0.1) > threshold_at_fpr(scores, 0.1)
+    for k in (0, 1):  # neither stratum above the target
+        assert int((scores[strata == k] > thr).sum()) <= 2  # 10% of 20
+    batch, y = planted(n=120)
+    neg = (y == 0).nonzero().flatten()
+    kw = {"k": 3, "lambdas": (1e-3,), "target_fpr": 0.1, "calib_rows": neg}
+    pooled = fit_cv(batch, y, **kw)  # type: ignore[arg-type]
+    two = (torch.arange(neg.numel()) % 3 == 0).long()
+    split = fit_cv(batch, y, calib_strata=two, **kw)  # type: ignore[arg-type]
+    assert torch.equal(pooled.w, split.w) and split.threshold >= pooled.threshold
+    assert "strata" in str(split.calibration["calibration_source"])
