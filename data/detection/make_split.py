@@ -2,7 +2,7 @@
 """Validate the featureguard detection items and write a deterministic split.
 
 Reads   data/detection/items/*.jsonl
-Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test"})
+Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test_v3" | "test"})
 
 Split rule (commit-before-tuning): within each stratum (category, hard_negative)
 ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
@@ -23,6 +23,13 @@ version-1 items that the version-1 rule puts in test are renamed `test_v1`
 (retired: reported once, usable for training from then on). No item moves
 between train and dev.
 
+Data version 4 (ids numbered from V4_FIRST = 3001, files items/*_v4.jsonl) is
+the next fresh held-out test set, written after version 3 had been evaluated
+once (session 4) and had shown false-positive rates far above the dev
+estimates; the same rule, committed before its items were written: every
+version-4 item goes to `test`, and version 3's items become `test_v3` (retired,
+usable for training).
+
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
 (exits non-zero if the existing file disagrees with the computed split).
@@ -40,8 +47,9 @@ OUT = HERE / "splits.json"
 SALT = "featureguard-split-v1"
 SALT_V2 = "featureguard-split-v2"
 V2_FIRST = 1001  # ids numbered from here are data version 2 (train/dev only)
-V3_FIRST = 2001  # ids numbered from here are data version 3 (the fresh test set)
-SPLIT_NAMES = ("train", "dev", "test_v1", "test")
+V3_FIRST = 2001  # ids numbered from here are data version 3 (retired test set: test_v3)
+V4_FIRST = 3001  # ids numbered from here are data version 4 (the fresh test set)
+SPLIT_NAMES = ("train", "dev", "test_v1", "test_v3", "test")
 CATEGORIES = ("scam", "deception", "dangerous", "benign")
 # minimum counts per (category, hard_negative) stratum
 MINIMUMS = {
@@ -74,7 +82,9 @@ def load():
                 if not errs and path.name.endswith("_v2.jsonl") != is_v2(obj["id"]):
                     errs = [f"ids numbered {V2_FIRST}-{V3_FIRST - 1} belong in *_v2.jsonl files, and only they"]
                 if not errs and path.name.endswith("_v3.jsonl") != is_v3(obj["id"]):
-                    errs = [f"ids numbered from {V3_FIRST} belong in *_v3.jsonl files, and only they"]
+                    errs = [f"ids numbered {V3_FIRST}-{V4_FIRST - 1} belong in *_v3.jsonl files, and only they"]
+                if not errs and path.name.endswith("_v4.jsonl") != is_v4(obj["id"]):
+                    errs = [f"ids numbered from {V4_FIRST} belong in *_v4.jsonl files, and only they"]
                 errors.extend(f"{where}: {m}" for m in errs)
                 obj["_where"] = where
                 items.append(obj)
@@ -146,7 +156,11 @@ def is_v2(item_id):
 
 
 def is_v3(item_id):
-    return int(item_id.rsplit("-", 1)[1]) >= V3_FIRST
+    return V3_FIRST <= int(item_id.rsplit("-", 1)[1]) < V4_FIRST
+
+
+def is_v4(item_id):
+    return int(item_id.rsplit("-", 1)[1]) >= V4_FIRST
 
 
 def split_key_v2(item_id):
@@ -159,8 +173,11 @@ def make_split(items):
     splits = {}
     for o in items:
         key = (o["category"], o["hard_negative"])
+        if is_v4(o["id"]):
+            splits[o["id"]] = "test"  # version 4: the fresh held-out test set
+            continue
         if is_v3(o["id"]):
-            splits[o["id"]] = "test"  # version 3: the fresh held-out test set
+            splits[o["id"]] = "test_v3"  # version 3: reported once (session 4), retired
             continue
         (strata_v2 if is_v2(o["id"]) else strata)[key].append(o["id"])
     for ids in strata.values():
@@ -185,8 +202,8 @@ def report(items, splits):
         key = (o["category"], o["hard_negative"])
         rows[key + (splits[o["id"]],)] += 1
         kinds[key + ("text" if "text" in o else "messages",)] += 1
-    lines = ["| category | hard_negative | train | dev | test_v1 | test | total | text | messages |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| category | hard_negative | " + " | ".join(SPLIT_NAMES) + " | total | text | messages |",
+             "|---" * (len(SPLIT_NAMES) + 5) + "|"]
     tot = Counter()
     for key in sorted({k[:2] for k in rows}, key=lambda k: (CATEGORIES.index(k[0]), k[1])):
         c = [rows[key + (s,)] for s in SPLIT_NAMES]

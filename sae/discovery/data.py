@@ -24,8 +24,10 @@ from sae.errors import FeatureguardError
 HARMFUL = ("scam", "deception", "dangerous")
 SPANS = ("all", "user", "completion")  # see sae.discovery.activations
 DEFAULT_SAE = "smollm2-135m-res-l15"
-# "test_v1": version 1's test split, reported once and then retired (data/detection/README.md)
-SPLITS = ("train", "dev", "test_v1", "test")
+# "test_v1", "test_v3": earlier test splits, each reported once and then retired (usable for
+# training; data/detection/README.md)
+RETIRED_TEST_SPLITS = ("test_v1", "test_v3")
+SPLITS = ("train", "dev", *RETIRED_TEST_SPLITS, "test")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ their union (fired when any fired; score the highest).
 
 Baseline (the research caution in REFERENCE.md): per category, an L2 logistic regression on the
 hooked activations mean-pooled over the scored ``span`` (:mod:`sae.discovery.activations`; the
-span applies to the baseline only), trained on the train split plus the retired ``test_v1``
-split when another split is evaluated (category vs all benign, penalty by 5-fold CV) and
-thresholded at ``baseline_fpr`` on the dev split's benign items (on out-of-fold train scores
+span applies to the baseline only), trained on the train split plus the retired test splits
+(``test_v1``, ``test_v3``) other than the evaluated one (category vs all benign, penalty by
+5-fold CV) and thresholded at ``baseline_fpr`` on the dev split's benign items (on out-of-fold train scores
 when dev itself is evaluated).
 
 ``rendering="raw"`` sends each chat item of the evaluated split as its bare last user turn
@@ -49,7 +49,13 @@ import torch
 from monitor.policy import schema as s
 from monitor.policy.compiled import CompiledPolicy
 from sae.discovery.activations import Scored, Stack, encode_items
-from sae.discovery.data import HARMFUL, Item, load_detection, raw_rendering
+from sae.discovery.data import (
+    HARMFUL,
+    RETIRED_TEST_SPLITS,
+    Item,
+    load_detection,
+    raw_rendering,
+)
 from sae.discovery.metrics import auc, recall_at_fpr, wilson
 from sae.discovery.probe import TokenBatch, fit_cv, row_scores, sustained_peak
 
@@ -304,10 +310,12 @@ def summarize(dets: Sequence[Detector], items: Sequence[Item]) -> dict[str, Any]
 
 
 def baseline_fit_splits(split: str) -> list[str]:
-    """The splits the raw-activation baseline is fitted on when ``split`` is evaluated: train,
-    plus the retired version-1 test split (``test_v1``) unless that is the one evaluated, as
+    """The splits the raw-activation baseline is fitted on when ``split`` is evaluated: train
+    plus the retired test splits (``test_v1``, ``test_v3``) other than the evaluated one, as
     the default policy's probes were, so the comparison stays fair."""
-    return ["train"] if split in ("train", "test_v1") else ["train", "test_v1"]
+    if split == "train":
+        return ["train"]
+    return ["train", *(s for s in RETIRED_TEST_SPLITS if s != split)]
 
 
 def evaluate_detection(
