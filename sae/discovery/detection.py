@@ -25,8 +25,8 @@ Baseline (the research caution in REFERENCE.md): per category, an L2 logistic re
 hooked activations mean-pooled over the scored ``span`` (:mod:`sae.discovery.activations`; the
 span applies to the baseline only), trained on the train split plus the retired test splits
 (``test_v1``, ``test_v3``) other than the evaluated one (category vs all benign, penalty by
-5-fold CV) and thresholded at ``baseline_fpr`` on the dev split's benign items (on out-of-fold train scores
-when dev itself is evaluated).
+5-fold CV) and thresholded at ``baseline_fpr`` on the dev split's benign items (on out-of-fold
+train scores when dev itself is evaluated).
 
 ``rendering="raw"`` sends each chat item of the evaluated split as its bare last user turn
 (:func:`sae.discovery.data.raw_rendering`), as callers that pass plain prompt strings do: the
