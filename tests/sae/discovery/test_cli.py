@@ -18,6 +18,15 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return capsys.readouterr().out
 
 
+def _tiny_policy(path: Path, sae: str, cat: Path, rules: str) -> Path:
+    """A policy on the tiny SAE importing catalog ``cat``, with these YAML ``rules`` lines."""
+    path.write_text(
+        f"version: 1\npolicy: {{name: tiny}}\nsaes:\n  main: {{path: {sae}}}\n"
+        f"imports:\n  - {{catalog: {cat.name}, sae: main}}\nrules:\n" + rules
+    )
+    return path
+
+
 def test_find_show_near_add_steer(tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sae, det, cat = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det", tiny_stack_dir / "c1.yaml"
     out = _run(
@@ -196,18 +205,15 @@ def test_train_probe_then_eval_detection(
         "--name",
         "top1",
     )
-    policy = tiny_stack_dir / "policy.yaml"
-    policy.write_text(f"""version: 1
-policy: {{name: tiny}}
-saes:
-  main: {{path: {sae}}}
-imports:
-  - {{catalog: {cat.name}, sae: main}}
-rules:
-  - {{id: feat, severity: high, condition: {{feature: top1, above_scale: 0.5}},
-      actions: [{{type: log}}]}}
-  - {{id: probe, severity: high, condition: {{probe: scam_probe}}, actions: [{{type: log}}]}}
-""")
+    policy = _tiny_policy(
+        tiny_stack_dir / "policy.yaml",
+        sae,
+        cat,
+        """  - {id: feat, severity: high, condition: {feature: top1, above_scale: 0.5},
+      actions: [{type: log}]}
+  - {id: probe, severity: high, condition: {probe: scam_probe}, actions: [{type: log}]}
+""",
+    )
     rep = json.loads(
         _run(
             capsys,
@@ -362,16 +368,12 @@ def test_also_raw_trains_on_both_renderings_and_eval_reads_raw_prompts(
     assert "--half-life" in capsys.readouterr().err
     # calibration: the raw twins of the plain benign training items are scored out of fold too
     assert "out of fold" in str(out["calibration"]["calibration_source"])
-    policy = tiny_stack_dir / "policy_raw.yaml"
-    policy.write_text(f"""version: 1
-policy: {{name: tiny}}
-saes:
-  main: {{path: {sae}}}
-imports:
-  - {{catalog: {cat.name}, sae: main}}
-rules:
-  - {{id: probe, severity: high, condition: {{probe: r}}, actions: [{{type: log}}]}}
-""")
+    policy = _tiny_policy(
+        tiny_stack_dir / "policy_raw.yaml",
+        sae,
+        cat,
+        "  - {id: probe, severity: high, condition: {probe: r}, actions: [{type: log}]}\n",
+    )
     import sae.discovery.detection as det_mod
 
     scanned: list[list[object]] = []
