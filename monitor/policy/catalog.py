@@ -100,7 +100,7 @@ class ProbeSpec(Strict):
     weights_sha256: Sha256 | None = None
     bias: Threshold = 0.0
     pooling: Literal["token", "mean", "ema"] = "token"
-    half_life: float | None = Field(default=None, gt=0, le=1_000_000)  # tokens; pooling ema
+    half_life: float | None = Field(default=None, ge=0.01, le=1_000_000)  # tokens; pooling ema
     link: Literal["logistic", "linear"] = "logistic"
     threshold: Threshold
     sae_sha256: Sha256

@@ -30,7 +30,7 @@ import torch
 from monitor.policy.circuit import Circuit
 from monitor.policy.compiled import CompiledPolicy, PolicyTensors
 from monitor.policy.enforcement import StepResult, enforcement
-from monitor.policy.pooling import pool_scan
+from monitor.policy.pooling import log_decay, max_piece, pool_scan
 from monitor.policy.temporal import BIG, WINDOW_BITS, EvalState, Temporal
 
 Context = Mapping[str, Any]
@@ -94,6 +94,9 @@ class Evaluator:
         self._temporal: dict[torch.device, Temporal] = {}
         self._mean_pooling = any(p.pooling == "mean" for p in compiled.probes)
         self._ema_pooling = any(p.pooling == "ema" for p in compiled.probes)
+        self._ema_piece = max_piece(
+            [log_decay(p.pooling, p.half_life) for p in compiled.probes if p.pooling == "ema"]
+        )
         t = compiled.tensors
         # every rule looks at every valid token of the phase: no (B, T, R) scope mask
         self._all_scope = {
@@ -190,7 +193,12 @@ class Evaluator:
             scores = x @ t.probe_w + t.probe_b  # (B, T, P)
             if self._ema_pooling:  # one float64 scan for every pooled probe (pooling module)
                 pooled, state.probe_sum, state.probe_cnt = pool_scan(
-                    scores, valid, t.probe_log_decay, state.probe_sum, state.probe_cnt
+                    scores,
+                    valid,
+                    t.probe_log_decay,
+                    state.probe_sum,
+                    state.probe_cnt,
+                    self._ema_piece,
                 )
                 scores = torch.where(t.probe_pooled, pooled, scores)  # (B, T, P)
             elif self._mean_pooling:

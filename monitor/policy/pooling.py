@@ -26,6 +26,7 @@ import math
 import torch
 
 POOLINGS = ("token", "mean", "ema")
+MIN_HALF_LIFE = 0.01  # tokens; shorter decays underflow float64 within one token
 # largest exponent |c · ln α| of one piece (float64 overflows past ~709)
 _MAX_EXPONENT = 600.0
 
@@ -33,10 +34,16 @@ _MAX_EXPONENT = 600.0
 def log_decay(pooling: str, half_life: float | None) -> float:
     """``ln α`` per valid token: 0 for ``mean`` (and ``token``, which does not pool)."""
     if pooling == "ema":
-        if half_life is None or not half_life > 0:
-            raise ValueError("ema pooling needs a half_life > 0")
+        if half_life is None or not half_life >= MIN_HALF_LIFE:
+            raise ValueError(f"ema pooling needs a half_life >= {MIN_HALF_LIFE} tokens")
         return math.log(0.5) / half_life
     return 0.0
+
+
+def max_piece(log_decays: list[float]) -> int | None:
+    """Longest chunk one scan step may cover so that ``α^{-c}`` stays finite (``None``: any)."""
+    steepest = max((abs(v) for v in log_decays), default=0.0)
+    return None if steepest == 0.0 else max(1, int(_MAX_EXPONENT / steepest))
 
 
 def pool_scan(
@@ -45,18 +52,20 @@ def pool_scan(
     log_alpha: torch.Tensor,
     total: torch.Tensor,
     weight: torch.Tensor,
+    piece: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pooled scores over a chunk (module doc).
 
     z (B, T, P) per-token logits; valid (B, T) bool; log_alpha (P,) ``ln α`` per probe (0 for a
-    plain mean); total, weight (B, P) the carried ``S`` and ``N`` (zeros at a row's start).
-    Returns ``(pooled (B, T, P) in z's dtype, S (B, P), N (B, P))``; ``S, N`` in float64. A
-    token before the row's first valid token pools to 0.
+    plain mean); total, weight (B, P) the carried ``S`` and ``N`` (zeros at a row's start);
+    ``piece``: :func:`max_piece` of the same decays, computed once on the host by the caller
+    (reading ``log_alpha`` back from a GPU here would sync every step). Returns ``(pooled
+    (B, T, P) in z's dtype, S (B, P), N (B, P))``; ``S, N`` in float64. A token before the
+    row's first valid token pools to 0.
     """
     T = z.shape[1]
     la = log_alpha.to(device=z.device, dtype=torch.float64)  # (P,)
-    steepest = float(la.abs().max()) if la.numel() else 0.0
-    piece = T if steepest == 0.0 else max(1, int(_MAX_EXPONENT / steepest))
+    piece = T if piece is None else piece
     s0, n0 = total.to(torch.float64), weight.to(torch.float64)  # (B, P)
     outs = []
     for lo in range(0, T, piece):

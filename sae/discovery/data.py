@@ -150,9 +150,10 @@ def raw_rendering(item: Item) -> Item:
 
 
 def with_raw_renderings(items: Sequence[Item]) -> tuple[list[Item], list[int]]:
-    """``items`` followed by the raw rendering of each chat item, and each row's group: the
-    index of the item it renders (for cross-validation folds that keep twins together)."""
-    twins = [(i, raw_rendering(it)) for i, it in enumerate(items) if it.messages is not None]
+    """``items`` followed by the raw rendering of each chat item with a user turn, and each
+    row's group: the index of the item it renders (for cross-validation folds that keep twins
+    together)."""
+    twins = [(i, r) for i, it in enumerate(items) if (r := raw_rendering(it)) is not it]
     rows = [*items, *(t for _, t in twins)]
     return rows, [*range(len(items)), *(i for i, _ in twins)]
 

@@ -119,6 +119,8 @@ def item_pair(tokenizer: Any, item: Item) -> tuple[list[int], list[int]]:
     """``(prompt ids, completion ids)`` of an item, split as ``scan`` splits a JSONL line."""
     from monitor.runtime.texts import messages_pair, text_pair
 
+    if item.text is not None and item.extra.get("rendering") == "raw":
+        return text_pair(tokenizer, item.text, "")  # a bare prompt: prompt phase
     if item.text is not None:
         return text_pair(tokenizer, "", item.text)
     return messages_pair(tokenizer, [dict(m) for m in item.messages or ()])
@@ -346,11 +348,12 @@ def evaluate_detection(
     if baseline:
         idx = [0]  # the baseline reads hidden states only
 
-        def enc(sp: list[str]) -> list[Scored]:
-            items_sp = items if sp == [split] else load_detection(root, ["*"], sp)
+        def enc(sp: list[str] | None) -> list[Scored]:
+            # the evaluated items (rendered as asked); fitting and calibration sets as they are
+            items_sp = items if sp is None else load_detection(root, ["*"], sp)
             return encode_items(stack, items_sp, span=span, features=idx, with_hidden=True)
 
-        scored = enc([split])
+        scored = enc(None)
         baseline_tokens = int(sum(sc.values.shape[0] for sc in scored))
         calib = enc(["dev"]) if split != "dev" else None
         dets += baseline_detectors(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from monitor.policy.pooling import log_decay, pool_scan
+from monitor.policy.pooling import log_decay, max_piece, pool_scan
 from sae.discovery.metrics import auc, threshold_at_fpr
 
 POOL_TO_SPEC = {"max": "token", "mean": "mean", "ema": "ema"}
@@ -82,9 +82,10 @@ def token_scores(
     """
     z = x @ w.unsqueeze(-1)  # (N, T, 1)
     if spec_pool == "ema":
-        zero = torch.zeros(z.shape[0], 1, dtype=torch.float64)  # (N, 1) fresh rows
-        la = torch.tensor([log_decay("ema", half_life)], dtype=torch.float64)  # (1,)
-        return pool_scan(z + b, mask, la, zero, zero)[0].squeeze(-1)  # (N, T)
+        ld = log_decay("ema", half_life)
+        zero = torch.zeros(z.shape[0], 1, dtype=torch.float64, device=z.device)  # (N, 1)
+        la = torch.tensor([ld], dtype=torch.float64, device=z.device)  # (1,)
+        return pool_scan(z + b, mask, la, zero, zero, max_piece([ld]))[0].squeeze(-1)  # (N, T)
     z = (z + b).squeeze(-1)  # (N, T)
     if spec_pool == "mean":
         vf = mask.to(z.dtype)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from monitor.policy.catalog import Catalog, ProbeSpec, probe_file_bytes
+from monitor.policy.pooling import MIN_HALF_LIFE
 from sae.discovery import catalog_io as cio
 from sae.discovery.activations import Stack, encode_items
 from sae.discovery.contrast import pooled_features, rank_features
@@ -242,10 +243,12 @@ def train_probe(
     """
     if select not in SELECTIONS:
         raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
-    if (pool == "ema") != (half_life is not None) or (half_life is not None and half_life <= 0):
+    if (pool == "ema") != (half_life is not None) or (
+        half_life is not None and not half_life >= MIN_HALF_LIFE
+    ):
         raise FeatureguardError(
-            f"--half-life (> 0 tokens) goes with --pool ema and only with it (pool {pool!r}, "
-            f"half-life {half_life!r})"
+            f"--half-life (>= {MIN_HALF_LIFE} tokens) goes with --pool ema and only with it "
+            f"(pool {pool!r}, half-life {half_life!r})"
         )
     cat = cio.open_catalog(catalog, stack)
     cio.check_probe_name(cat, name, replace=replace)  # before training or writing any file

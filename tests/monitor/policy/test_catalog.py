@@ -168,7 +168,8 @@ def test_the_same_probe_name_from_two_imports_is_an_error(tmp_path: Path) -> Non
     [
         ("    pooling: ema\n", "'pooling: ema' needs 'half_life'"),
         ("    pooling: mean\n    half_life: 8\n", "goes with 'pooling: ema', and only with it"),
-        ("    pooling: ema\n    half_life: 0\n", "greater than 0"),
+        ("    pooling: ema\n    half_life: 0\n", "must be at least 0.01"),
+        ("    pooling: ema\n    half_life: 0.0001\n", "must be at least 0.01"),
     ],
 )
 def test_ema_pooling_and_its_half_life_come_together(

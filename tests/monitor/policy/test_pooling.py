@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from monitor.policy.pooling import log_decay, pool_scan
+from monitor.policy.pooling import log_decay, max_piece, pool_scan
 
 
 def brute(z: torch.Tensor, valid: torch.Tensor, half_life: float | None) -> torch.Tensor:
@@ -63,7 +63,7 @@ def test_a_steep_decay_over_a_long_chunk_stays_finite_and_exact() -> None:
     valid = torch.ones(1, T, dtype=torch.bool)
     la = torch.tensor([log_decay("ema", 0.5)], dtype=torch.float64)
     zero = torch.zeros(1, 1, dtype=torch.float64)
-    pooled, s, _ = pool_scan(z, valid, la, zero, zero)
+    pooled, s, _ = pool_scan(z, valid, la, zero, zero, max_piece([log_decay("ema", 0.5)]))
     assert torch.isfinite(pooled).all() and torch.isfinite(s).all()
     a = 0.25  # α = 0.5 ** 2: the mean of the last few tokens, the newest weighing 3/4
     t = T - 1
@@ -71,7 +71,10 @@ def test_a_steep_decay_over_a_long_chunk_stays_finite_and_exact() -> None:
     assert math.isclose(float(pooled[0, -1, 0]), expect, rel_tol=1e-9)
 
 
-def test_ema_needs_a_positive_half_life() -> None:
+def test_ema_needs_a_half_life_that_cannot_underflow() -> None:
     with pytest.raises(ValueError, match="half_life"):
         log_decay("ema", None)
+    with pytest.raises(ValueError, match="half_life"):
+        log_decay("ema", 1e-4)  # α^-1 alone would overflow float64: every score NaN
+    assert max_piece([0.0]) is None and max_piece([log_decay("ema", 0.01)]) == 8
     assert log_decay("mean", None) == 0.0 == log_decay("token", None)

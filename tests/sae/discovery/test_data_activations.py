@@ -106,3 +106,20 @@ def test_the_retired_test_split_is_trainable_and_the_fresh_one_is_not(tmp_path: 
     refuse_test_split(old, "old")  # no error: test_v1 was reported once and retired
     with pytest.raises(FeatureguardError, match="test-split"):
         refuse_test_split(load_items(f"{det}:scam:test"), "new")
+
+
+def test_a_chat_without_a_user_turn_gets_no_raw_twin() -> None:
+    only_system = Item("s", messages=({"role": "system", "content": "be brief"},))
+    rows, groups = with_raw_renderings([only_system])
+    assert rows == [only_system] and groups == [0]
+
+
+def test_a_raw_rendering_is_scanned_as_a_prompt() -> None:
+    from sae.discovery.detection import item_pair
+
+    tok = tiny_tokenizer()
+    chat = Item("c", messages=({"role": "user", "content": "hello world"},))
+    prompt, completion = item_pair(tok, raw_rendering(chat))
+    assert prompt and completion == []
+    prompt, completion = item_pair(tok, Item("t", text="hello world"))  # a text item: completion
+    assert prompt == [] and completion
