@@ -59,6 +59,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from monitor.policy.diagnostics import Diagnostic, PolicyError
+from monitor.policy.pooling import MIN_HALF_LIFE
 from monitor.policy.schema import Name, Sha256, Strict, Threshold
 from monitor.policy.yaml_strict import AMBIGUOUS, MAX_BYTES, Source, parse_bytes, resolve_plain
 
@@ -100,7 +101,7 @@ class ProbeSpec(Strict):
     weights_sha256: Sha256 | None = None
     bias: Threshold = 0.0
     pooling: Literal["token", "mean", "ema"] = "token"
-    half_life: float | None = Field(default=None, ge=0.01, le=1_000_000)  # tokens; pooling ema
+    half_life: float | None = Field(default=None, ge=MIN_HALF_LIFE, le=1_000_000)  # pooling ema
     link: Literal["logistic", "linear"] = "logistic"
     threshold: Threshold
     sae_sha256: Sha256

@@ -30,7 +30,7 @@ import torch
 from monitor.policy.circuit import Circuit
 from monitor.policy.compiled import CompiledPolicy, PolicyTensors
 from monitor.policy.enforcement import StepResult, enforcement
-from monitor.policy.pooling import log_decay, max_piece, pool_scan
+from monitor.policy.pooling import max_piece, pool_scan
 from monitor.policy.temporal import BIG, WINDOW_BITS, EvalState, Temporal
 
 Context = Mapping[str, Any]
@@ -94,10 +94,8 @@ class Evaluator:
         self._temporal: dict[torch.device, Temporal] = {}
         self._mean_pooling = any(p.pooling == "mean" for p in compiled.probes)
         self._ema_pooling = any(p.pooling == "ema" for p in compiled.probes)
-        self._ema_piece = max_piece(
-            [log_decay(p.pooling, p.half_life) for p in compiled.probes if p.pooling == "ema"]
-        )
         t = compiled.tensors
+        self._ema_piece = max_piece(t.probe_log_decay.tolist())  # once, on the host
         # every rule looks at every valid token of the phase: no (B, T, R) scope mask
         self._all_scope = {
             "prompt": bool(t.in_prompt.all()),

@@ -25,7 +25,6 @@ import math
 
 import torch
 
-POOLINGS = ("token", "mean", "ema")
 MIN_HALF_LIFE = 0.01  # tokens; shorter decays underflow float64 within one token
 # largest exponent |c · ln α| of one piece (float64 overflows past ~709)
 _MAX_EXPONENT = 600.0

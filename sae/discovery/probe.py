@@ -192,15 +192,13 @@ def fit(
     v0, c0 = _fit_rows(std_mean, yf, weight, penalty, lam, max(200, max_iter))  # cheap: (n, K)
     v = v0.clone().requires_grad_(True)
     c = c0.clone().requires_grad_(True)
-    sub = batch if rows is None else None
 
     def objective() -> torch.Tensor:
         w = v / sd  # (K,)
         b = c - (mu * w).sum()
-        if sub is not None:
-            s = row_scores(sub, w, b, pool, sustain, half_life)  # (n,)
-        else:  # every row is scored (one matmul), the others' scores are dropped
-            s = row_scores(batch, w, b, pool, sustain, half_life)[idx]  # (n,)
+        s = row_scores(batch, w, b, pool, sustain, half_life)  # (N,): one matmul over all rows
+        if rows is not None:
+            s = s[rows]  # (n,) the fitted rows' scores
         s = torch.where(torch.isfinite(s), s, torch.full_like(s, _NEVER))
         loss = (
             torch.nn.functional.binary_cross_entropy_with_logits(s, yf, reduction="none") * weight

@@ -261,7 +261,6 @@ def train_probe(
     hashes = (items_sha256(positive), items_sha256(negative))
     hash_cal = items_sha256(calibration) if calibration else ""
     groups = None
-    n_plain_neg = len(negative)  # training negatives before their raw twins
     if also_raw:
         positive, g_pos = with_raw_renderings(positive)
         negative, g_neg = with_raw_renderings(negative)
@@ -276,12 +275,13 @@ def train_probe(
     held, calib_rows = _calibration(calibration, negative, n_pos)
     strata = None
     if also_raw:  # the threshold holds the target for templated/text and raw rows alike
-        if not calibration:  # every training negative, out of fold
-            strata = (torch.arange(n_neg) >= n_plain_neg).long()
-        else:
-            rows = [] if calib_rows is None else [int(r) - n_pos >= n_plain_neg for r in calib_rows]
-            strata = torch.tensor(rows + [it.extra.get("rendering") == "raw" for it in held])
-            strata = strata.long()
+        # the calibration negatives in fit_cv's order: training rows out of fold, then held-out
+        scored = (
+            [negative[int(r) - n_pos] for r in calib_rows] + held
+            if calib_rows is not None
+            else negative  # no calibration set: every training negative, out of fold
+        )
+        strata = torch.tensor([it.extra.get("rendering") == "raw" for it in scored]).long()
     calib = TokenBatch.from_rows(token_rows(stack, held, idx, span)) if held else None
     fit = fit_cv(
         batch,

@@ -368,6 +368,8 @@ def test_also_raw_trains_on_both_renderings_and_eval_reads_raw_prompts(
     assert "--half-life" in capsys.readouterr().err
     # calibration: the raw twins of the plain benign training items are scored out of fold too
     assert "out of fold" in str(out["calibration"]["calibration_source"])
+    # both renderings are calibration strata (templated/text rows and raw twins)
+    assert "the highest of 2 strata's thresholds" in str(out["calibration"]["calibration_source"])
     policy = _tiny_policy(
         tiny_stack_dir / "policy_raw.yaml",
         sae,
