@@ -37,6 +37,13 @@ changes; the same rule, committed before its items were written: every
 version-5 item goes to `test`, and version 4's items become `test_v4` (retired,
 usable for training).
 
+Data version 6 (ids numbered from V6_FIRST = 5001, files items/*_v6.jsonl) is
+training data only, like version 2: written after version 4's evaluation (its
+deception misses were deceptive artefacts and misrepresented goods; its benign
+false positives requests to write everyday messages), by writers who never saw
+version 5. Within each stratum its ids are sorted by sha256(id + SALT_V6); the
+first two thirds (rounded) go to train, the rest to dev, none to test.
+
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
 (exits non-zero if the existing file disagrees with the computed split).
@@ -57,6 +64,8 @@ V2_FIRST = 1001  # ids numbered from here are data version 2 (train/dev only)
 V3_FIRST = 2001  # ids numbered from here are data version 3 (retired test set: test_v3)
 V4_FIRST = 3001  # ids numbered from here are data version 4 (retired test set: test_v4)
 V5_FIRST = 4001  # ids numbered from here are data version 5 (the fresh test set)
+V6_FIRST = 5001  # ids numbered from here are data version 6 (train/dev only)
+SALT_V6 = "featureguard-split-v6"
 SPLIT_NAMES = ("train", "dev", "test_v1", "test_v3", "test_v4", "test")
 CATEGORIES = ("scam", "deception", "dangerous", "benign")
 # minimum counts per (category, hard_negative) stratum
@@ -94,7 +103,9 @@ def load():
                 if not errs and path.name.endswith("_v4.jsonl") != is_v4(obj["id"]):
                     errs = [f"ids numbered {V4_FIRST}-{V5_FIRST - 1} belong in *_v4.jsonl files, and only they"]
                 if not errs and path.name.endswith("_v5.jsonl") != is_v5(obj["id"]):
-                    errs = [f"ids numbered from {V5_FIRST} belong in *_v5.jsonl files, and only they"]
+                    errs = [f"ids numbered {V5_FIRST}-{V6_FIRST - 1} belong in *_v5.jsonl files, and only they"]
+                if not errs and path.name.endswith("_v6.jsonl") != is_v6(obj["id"]):
+                    errs = [f"ids numbered from {V6_FIRST} belong in *_v6.jsonl files, and only they"]
                 errors.extend(f"{where}: {m}" for m in errs)
                 obj["_where"] = where
                 items.append(obj)
@@ -174,19 +185,31 @@ def is_v4(item_id):
 
 
 def is_v5(item_id):
-    return int(item_id.rsplit("-", 1)[1]) >= V5_FIRST
+    return V5_FIRST <= int(item_id.rsplit("-", 1)[1]) < V6_FIRST
+
+
+def is_v6(item_id):
+    return int(item_id.rsplit("-", 1)[1]) >= V6_FIRST
 
 
 def split_key_v2(item_id):
     return hashlib.sha256((item_id + SALT_V2).encode("utf-8")).hexdigest()
 
 
+def split_key_v6(item_id):
+    return hashlib.sha256((item_id + SALT_V6).encode("utf-8")).hexdigest()
+
+
 def make_split(items):
     strata = defaultdict(list)
     strata_v2 = defaultdict(list)
+    strata_v6 = defaultdict(list)
     splits = {}
     for o in items:
         key = (o["category"], o["hard_negative"])
+        if is_v6(o["id"]):
+            strata_v6[key].append(o["id"])
+            continue
         if is_v5(o["id"]):
             splits[o["id"]] = "test"  # version 5: the fresh held-out test set
             continue
@@ -206,6 +229,11 @@ def make_split(items):
             splits[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test_v1"
     for ids in strata_v2.values():  # version 2: train / dev only, never test
         ids = sorted(ids, key=split_key_v2)
+        n_train = round(len(ids) * 2 / 3)
+        for k, i in enumerate(ids):
+            splits[i] = "train" if k < n_train else "dev"
+    for ids in strata_v6.values():  # version 6: train / dev only, never test
+        ids = sorted(ids, key=split_key_v6)
         n_train = round(len(ids) * 2 / 3)
         for k, i in enumerate(ids):
             splits[i] = "train" if k < n_train else "dev"
