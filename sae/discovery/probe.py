@@ -44,9 +44,13 @@ _NEVER = -30.0  # training stand-in for a row that cannot fire (shorter than ``s
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Rows of per-token features, right-padded: ``x (N, T, K)``, ``mask (N, T)`` bool."""
+    """Rows of per-token features, packed: ``flat (M, K)`` holds only the valid tokens, row 0's
+    in order, then row 1's, …; ``mask (N, T)`` (bool, right-padded) says where they sit in the
+    padded ``(N, T, K)`` layout (``M = mask.sum()``, the order of ``x[mask]``). Rows differ in
+    length by several times, so packing keeps a whole-dictionary batch (K = d_sae) to the
+    memory and matmul cost of its real tokens."""
 
-    x: torch.Tensor
+    flat: torch.Tensor
     mask: torch.Tensor
 
     @staticmethod
@@ -54,16 +58,38 @@ class TokenBatch:
         """``rows``: one ``(S_i, K)`` tensor per row (S_i ≥ 1)."""
         if any(r.shape[0] == 0 for r in rows):
             raise ValueError("every row needs at least one scored token")
-        T, K = max(r.shape[0] for r in rows), rows[0].shape[1]
-        x = torch.zeros(len(rows), T, K)
-        mask = torch.zeros(len(rows), T, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            x[i, : r.shape[0]] = r.float()
-            mask[i, : r.shape[0]] = True
-        return TokenBatch(x, mask)
+        lengths = torch.tensor([r.shape[0] for r in rows])  # (N,)
+        mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (N, T)
+        return TokenBatch(torch.cat([r.float() for r in rows]), mask)
+
+    @staticmethod
+    def from_dense(x: torch.Tensor, mask: torch.Tensor) -> TokenBatch:
+        """From the padded layout ``x (N, T, K)``, ``mask (N, T)`` (padding values dropped)."""
+        return TokenBatch(x[mask].float(), mask)
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The padded ``(N, T, K)`` layout (zeros at padding): a full-size copy, for small
+        batches."""
+        x = torch.zeros(*self.mask.shape, self.flat.shape[-1], dtype=self.flat.dtype)
+        x[self.mask] = self.flat
+        return x
+
+    def logits(self, w: torch.Tensor) -> torch.Tensor:
+        """``(N, T)``: ``x_t · w`` at every valid token, 0 at padding (differentiable in ``w``)."""
+        z = self.flat @ w  # (M,)
+        return torch.zeros(self.mask.shape, dtype=z.dtype).masked_scatter(self.mask, z)
 
     def take(self, idx: torch.Tensor) -> TokenBatch:
-        return TokenBatch(self.x[idx], self.mask[idx])
+        """Rows ``idx`` (long indices, in that order)."""
+        pos = torch.full(self.mask.shape, -1, dtype=torch.long)  # (N, T): index into flat
+        pos[self.mask] = torch.arange(self.flat.shape[0])
+        mask = self.mask[idx]  # (n, T)
+        mask = mask[:, : max(int(mask.sum(1).max()), 1)] if idx.numel() else mask
+        return TokenBatch(self.flat[pos[idx][:, : mask.shape[1]][mask]], mask)
 
 
 def token_scores(
@@ -80,13 +106,25 @@ def token_scores(
     valid tokens so far) or ``ema`` (exponentially weighted mean, ``half_life`` tokens;
     :mod:`monitor.policy.pooling`, the evaluator's own scan).
     """
-    z = x @ w.unsqueeze(-1)  # (N, T, 1)
+    return pool_logits((x @ w.unsqueeze(-1)).squeeze(-1), mask, b, spec_pool, half_life)
+
+
+def pool_logits(
+    z: torch.Tensor,
+    mask: torch.Tensor,
+    b: torch.Tensor | float,
+    spec_pool: str,
+    half_life: float | None = None,
+) -> torch.Tensor:
+    """``(N, T)``: per-token scores from the per-token products ``z = x_t · w`` ``(N, T)`` and
+    the bias, pooled as :func:`token_scores` says."""
     if spec_pool == "ema":
         ld = log_decay("ema", half_life)
         zero = torch.zeros(z.shape[0], 1, dtype=torch.float64, device=z.device)  # (N, 1)
         la = torch.tensor([ld], dtype=torch.float64, device=z.device)  # (1,)
-        return pool_scan(z + b, mask, la, zero, zero, max_piece([ld]))[0].squeeze(-1)  # (N, T)
-    z = (z + b).squeeze(-1)  # (N, T)
+        zb = z.unsqueeze(-1) + b  # (N, T, 1)
+        return pool_scan(zb, mask, la, zero, zero, max_piece([ld]))[0].squeeze(-1)  # (N, T)
+    z = z + b  # (N, T)
     if spec_pool == "mean":
         vf = mask.to(z.dtype)
         z = torch.cumsum(z * vf, dim=1) / torch.cumsum(vf, dim=1).clamp_min(1.0)
@@ -125,7 +163,7 @@ def row_scores(
 ) -> torch.Tensor:
     """``(N,)``: each row's score (module doc): the peak per-token score, held for ``sustain``
     consecutive tokens."""
-    z = token_scores(batch.x, batch.mask, w, b, POOL_TO_SPEC[pool], half_life)
+    z = pool_logits(batch.logits(w), batch.mask, b, POOL_TO_SPEC[pool], half_life)  # (N, T)
     return sustained_peak(z, batch.mask, sustain)[0]
 
 
@@ -136,17 +174,19 @@ def _row_stats(batch: TokenBatch, rows: torch.Tensor) -> tuple[torch.Tensor, ...
     """Over ``rows`` of ``batch``, ``_CHUNK_ROWS`` at a time (never a full-size temporary):
     per-feature mean and std ``(K,)`` over valid tokens (std 1 for constant features), and each
     row's mean feature vector ``(len(rows), K)``."""
-    K = batch.x.shape[-1]
+    K = batch.flat.shape[-1]
     total, sq = torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
     n, means = 0, []
     for lo in range(0, rows.numel(), _CHUNK_ROWS):
-        r = rows[lo : lo + _CHUNK_ROWS]
-        x, m = batch.x[r], batch.mask[r].unsqueeze(-1).to(batch.x.dtype)  # (c, T, K), (c, T, 1)
-        xm = x * m
-        total += xm.sum((0, 1)).double()
-        sq += (xm * x).sum((0, 1)).double()
-        n += int(m.sum())
-        means.append(xm.sum(1) / m.sum(1).clamp_min(1.0))  # (c, K)
+        part = batch.take(rows[lo : lo + _CHUNK_ROWS])
+        x = part.flat  # (m, K): the chunk's valid tokens
+        total += x.sum(0).double()
+        sq += (x * x).sum(0).double()
+        n += x.shape[0]
+        lengths = part.mask.sum(1)  # (c,)
+        owner = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)  # (m,)
+        sums = torch.zeros(lengths.numel(), K).index_add_(0, owner, x)  # (c, K)
+        means.append(sums / lengths.clamp_min(1).unsqueeze(1))
     mu = total / max(n, 1)
     var = (sq - n * mu * mu) / max(n - 1, 1)
     sd = var.clamp_min(0).sqrt()
@@ -180,7 +220,7 @@ def fit(
     Nothing the size of ``batch`` is copied: the standardisation is folded into the weights
     (``w = v / sd``, ``b = c − mu · w``), which is the same optimisation over ``v``, so a
     whole-dictionary probe trains in about the memory of its activations."""
-    idx = torch.arange(batch.x.shape[0]) if rows is None else rows
+    idx = torch.arange(len(batch)) if rows is None else rows
     mu, sd, row_mean = _row_stats(batch, idx)  # (K,), (K,), (n, K)
     yf = y.float()
     weight = balanced_weights(y)  # (n,)
@@ -365,7 +405,7 @@ def fit_cv(
         sources.append(f"{calib_rows.numel()} training negatives out of fold")
     if calib is not None:
         parts.append(row_scores(calib, w, b, pool, sustain, half_life))
-        sources.append(f"{calib.x.shape[0]} held-out negatives")
+        sources.append(f"{len(calib)} held-out negatives")
     if not parts:
         parts.append(oof[best][y == 0])
         sources.append("out-of-fold training negatives")
@@ -433,7 +473,7 @@ class SparseRows:
         x = torch.zeros(N, T, len(idx))
         x[self.row[keep], self.pos[keep], col[self.feat[keep]]] = self.val[keep]
         mask = torch.arange(T)[None, :] < self.lengths[:, None]  # (N, T)
-        return TokenBatch(x, mask)
+        return TokenBatch.from_dense(x, mask)
 
     def pooled_at(self, tok: torch.Tensor, spec_pool: str) -> torch.Tensor:
         """``(N, F)``: every feature's pooled value at token ``tok[i]`` of row i: the value there

@@ -20,6 +20,7 @@ from sae.discovery.metrics import auc, threshold_at_fpr
 from sae.discovery.probe import (
     SparseRows,
     TokenBatch,
+    _row_stats,
     fit,
     fit_cv,
     folds,
@@ -49,7 +50,47 @@ def planted(
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (n, T) ragged rows
     z = 2 * x[..., 0] - 1.5 * x[..., 3] - 1.0
     y = z.masked_fill(~mask, -math.inf).amax(1) > 0
-    return TokenBatch(x * mask[..., None], mask), y.long()
+    return TokenBatch.from_dense(x, mask), y.long()
+
+
+def test_packed_batch_keeps_every_row_token_in_order() -> None:
+    rows = [torch.randn(n, 4) for n in (3, 1, 5, 2)]
+    batch = TokenBatch.from_rows(rows)
+    assert batch.mask.sum(1).tolist() == [3, 1, 5, 2] and len(batch) == 4
+    assert torch.equal(batch.flat, torch.cat(rows))
+    for i, r in enumerate(rows):
+        assert torch.equal(batch.x[i, : r.shape[0]], r)
+        assert not batch.x[i, r.shape[0] :].any()  # padding reads as zeros
+    sub = batch.take(torch.tensor([3, 0]))  # reordered; padded to the longest row kept (3)
+    assert sub.mask.shape == (2, 3)
+    assert torch.equal(sub.flat, torch.cat([rows[3], rows[0]]))
+    assert torch.equal(TokenBatch.from_dense(batch.x, batch.mask).flat, batch.flat)
+
+
+@pytest.mark.parametrize(
+    ("pool", "sustain", "half_life"), [("max", 1, None), ("mean", 3, None), ("ema", 2, 2.5)]
+)
+def test_packed_scores_match_the_padded_definition(
+    pool: str, sustain: int, half_life: float | None
+) -> None:
+    batch, _ = planted(n=50, T=9, K=6)
+    w, b = torch.randn(6), -0.3
+    spec = {"max": "token", "mean": "mean", "ema": "ema"}[pool]
+    padded = token_scores(batch.x, batch.mask, w, b, spec, half_life)  # (N, T) from (N, T, K)
+    want = sustained_peak(padded, batch.mask, sustain)[0]
+    got = row_scores(batch, w, b, pool, sustain, half_life)
+    assert torch.allclose(got.float(), want.float(), atol=1e-5)
+
+
+def test_row_statistics_of_a_row_subset_match_the_dense_ones() -> None:
+    batch, _ = planted(n=150, T=7, K=5)  # 150 rows: more than one chunk of rows
+    rows = torch.arange(0, 150, 2)
+    mu, sd, means = _row_stats(batch, rows)
+    tokens = batch.x[rows][batch.mask[rows]]  # (m, K)
+    assert torch.allclose(mu, tokens.mean(0), atol=1e-6)
+    assert torch.allclose(sd, tokens.std(0), atol=1e-5)
+    want = batch.x[rows].sum(1) / batch.mask[rows].sum(1, keepdim=True)  # (n, K)
+    assert torch.allclose(means, want, atol=1e-6)
 
 
 def test_probe_recovers_a_planted_rule() -> None:
@@ -260,7 +301,7 @@ def test_twin_rows_share_a_cross_validation_fold() -> None:
 def test_grouped_cv_scores_a_twin_with_a_probe_that_never_saw_it() -> None:
     batch, y = planted(n=60)
     n = y.numel()
-    both = TokenBatch(torch.cat([batch.x, batch.x]), torch.cat([batch.mask, batch.mask]))
+    both = TokenBatch.from_dense(torch.cat([batch.x, batch.x]), torch.cat([batch.mask, batch.mask]))
     y2, groups = torch.cat([y, y]), torch.cat([torch.arange(n), torch.arange(n)])
     kw = {"k": 3, "lambdas": (1e-4,), "target_fpr": 0.05}
     leaky = fit_cv(both, y2, **kw)  # type: ignore[arg-type]
