@@ -270,7 +270,7 @@ def train_probe(
     pos, neg = token_rows(stack, positive, idx, span), token_rows(stack, negative, idx, span)
     n_pos, n_neg = len(pos), len(neg)
     batch = TokenBatch.from_rows(pos + neg)
-    del pos, neg  # the padded batch holds them now (a whole-dictionary batch is large)
+    del pos, neg  # the packed batch holds them now (a whole-dictionary batch is large)
     y = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)]).long()
     held, calib_rows = _calibration(calibration, negative, n_pos)
     strata = None
