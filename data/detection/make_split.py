@@ -2,7 +2,7 @@
 """Validate the featureguard detection items and write a deterministic split.
 
 Reads   data/detection/items/*.jsonl
-Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test_v3" | "test_v4" | "test"})
+Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test_v3" | "test_v4" | "test_v5" | "test"})
 
 Split rule (commit-before-tuning): within each stratum (category, hard_negative)
 ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
@@ -44,6 +44,13 @@ false positives requests to write everyday messages), by writers who never saw
 version 5. Within each stratum its ids are sorted by sha256(id + SALT_V6); the
 first two thirds (rounded) go to train, the rest to dev, none to test.
 
+Data version 7 (ids numbered from V7_FIRST = 6001, files items/*_v7.jsonl) is
+the next fresh held-out test set: version 5 was evaluated once (session 5,
+revision .6: deception recall 77.8%, scam false positives 6.3%) and prompted a
+change (the probes refitted with version 5 in their training data). The rule
+was committed before its items were written: every version-7 item goes to
+`test`, and version 5's items become `test_v5` (retired, usable for training).
+
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
 (exits non-zero if the existing file disagrees with the computed split).
@@ -63,10 +70,11 @@ SALT_V2 = "featureguard-split-v2"
 V2_FIRST = 1001  # ids numbered from here are data version 2 (train/dev only)
 V3_FIRST = 2001  # ids numbered from here are data version 3 (retired test set: test_v3)
 V4_FIRST = 3001  # ids numbered from here are data version 4 (retired test set: test_v4)
-V5_FIRST = 4001  # ids numbered from here are data version 5 (the fresh test set)
+V5_FIRST = 4001  # ids numbered from here are data version 5 (retired test set: test_v5)
 V6_FIRST = 5001  # ids numbered from here are data version 6 (train/dev only)
+V7_FIRST = 6001  # ids numbered from here are data version 7 (the fresh test set)
 SALT_V6 = "featureguard-split-v6"
-SPLIT_NAMES = ("train", "dev", "test_v1", "test_v3", "test_v4", "test")
+SPLIT_NAMES = ("train", "dev", "test_v1", "test_v3", "test_v4", "test_v5", "test")
 CATEGORIES = ("scam", "deception", "dangerous", "benign")
 # minimum counts per (category, hard_negative) stratum
 MINIMUMS = {
@@ -105,7 +113,9 @@ def load():
                 if not errs and path.name.endswith("_v5.jsonl") != is_v5(obj["id"]):
                     errs = [f"ids numbered {V5_FIRST}-{V6_FIRST - 1} belong in *_v5.jsonl files, and only they"]
                 if not errs and path.name.endswith("_v6.jsonl") != is_v6(obj["id"]):
-                    errs = [f"ids numbered from {V6_FIRST} belong in *_v6.jsonl files, and only they"]
+                    errs = [f"ids numbered {V6_FIRST}-{V7_FIRST - 1} belong in *_v6.jsonl files, and only they"]
+                if not errs and path.name.endswith("_v7.jsonl") != is_v7(obj["id"]):
+                    errs = [f"ids numbered from {V7_FIRST} belong in *_v7.jsonl files, and only they"]
                 errors.extend(f"{where}: {m}" for m in errs)
                 obj["_where"] = where
                 items.append(obj)
@@ -189,7 +199,11 @@ def is_v5(item_id):
 
 
 def is_v6(item_id):
-    return int(item_id.rsplit("-", 1)[1]) >= V6_FIRST
+    return V6_FIRST <= int(item_id.rsplit("-", 1)[1]) < V7_FIRST
+
+
+def is_v7(item_id):
+    return int(item_id.rsplit("-", 1)[1]) >= V7_FIRST
 
 
 def split_key_v2(item_id):
@@ -207,11 +221,14 @@ def make_split(items):
     splits = {}
     for o in items:
         key = (o["category"], o["hard_negative"])
+        if is_v7(o["id"]):
+            splits[o["id"]] = "test"  # version 7: the fresh held-out test set
+            continue
         if is_v6(o["id"]):
             strata_v6[key].append(o["id"])
             continue
         if is_v5(o["id"]):
-            splits[o["id"]] = "test"  # version 5: the fresh held-out test set
+            splits[o["id"]] = "test_v5"  # version 5: reported once (session 5), retired
             continue
         if is_v4(o["id"]):
             splits[o["id"]] = "test_v4"  # version 4: reported once (session 4), retired
