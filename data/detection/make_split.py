@@ -9,12 +9,12 @@ ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
 dev, the remainder to test. The assignment depends only on the ids, never on
 item content, so editing a text does not move it between splits.
 
-Data version 2 (ids numbered from V2_FIRST = 1001, files items/*_v2.jsonl) was
+Data version 2 (ids numbered from 1001, files items/*_v2.jsonl) was
 added after tuning had started, so it never touches the version-1 assignment and
 never reaches test: within each stratum its ids are sorted by sha256(id +
 SALT_V2); the first two thirds (rounded) go to train, the rest to dev.
 
-Data version 3 (ids numbered from V3_FIRST = 2001, files items/*_v3.jsonl) is a
+Data version 3 (ids numbered from 2001, files items/*_v3.jsonl) is a
 fresh held-out test set, written after the version-1 test split had been
 evaluated once (session 3) and had prompted changes (README rule 2: a change
 prompted by a test result needs a fresh held-out set). The rule was committed
@@ -23,28 +23,28 @@ version-1 items that the version-1 rule puts in test are renamed `test_v1`
 (retired: reported once, usable for training from then on). No item moves
 between train and dev.
 
-Data version 4 (ids numbered from V4_FIRST = 3001, files items/*_v4.jsonl) is
+Data version 4 (ids numbered from 3001, files items/*_v4.jsonl) is
 the next fresh held-out test set, written after version 3 had been evaluated
 once (session 4) and had shown false-positive rates far above the dev
 estimates; the same rule, committed before its items were written: every
 version-4 item goes to `test`, and version 3's items become `test_v3` (retired,
 usable for training).
 
-Data version 5 (ids numbered from V5_FIRST = 4001, files items/*_v5.jsonl) is
+Data version 5 (ids numbered from 4001, files items/*_v5.jsonl) is
 the next fresh held-out test set, written after version 4 had been evaluated
 once (session 4: deception recall 86.7%, below the 0.9 target) and had prompted
 changes; the same rule, committed before its items were written: every
 version-5 item goes to `test`, and version 4's items become `test_v4` (retired,
 usable for training).
 
-Data version 6 (ids numbered from V6_FIRST = 5001, files items/*_v6.jsonl) is
+Data version 6 (ids numbered from 5001, files items/*_v6.jsonl) is
 training data only, like version 2: written after version 4's evaluation (its
 deception misses were deceptive artefacts and misrepresented goods; its benign
 false positives requests to write everyday messages), by writers who never saw
 version 5. Within each stratum its ids are sorted by sha256(id + SALT_V6); the
 first two thirds (rounded) go to train, the rest to dev, none to test.
 
-Data version 7 (ids numbered from V7_FIRST = 6001, files items/*_v7.jsonl) is
+Data version 7 (ids numbered from 6001, files items/*_v7.jsonl) is
 the next fresh held-out test set: version 5 was evaluated once (session 5,
 revision .6: deception recall 77.8%, scam false positives 6.3%) and prompted a
 change (the probes refitted with version 5 in their training data). The rule
@@ -67,14 +67,14 @@ ITEMS = HERE / "items"
 OUT = HERE / "splits.json"
 SALT = "featureguard-split-v1"
 SALT_V2 = "featureguard-split-v2"
-V2_FIRST = 1001  # ids numbered from here are data version 2 (train/dev only)
-V3_FIRST = 2001  # ids numbered from here are data version 3 (retired test set: test_v3)
-V4_FIRST = 3001  # ids numbered from here are data version 4 (retired test set: test_v4)
-V5_FIRST = 4001  # ids numbered from here are data version 5 (retired test set: test_v5)
-V6_FIRST = 5001  # ids numbered from here are data version 6 (train/dev only)
-V7_FIRST = 6001  # ids numbered from here are data version 7 (the fresh test set)
 SALT_V6 = "featureguard-split-v6"
-SPLIT_NAMES = ("train", "dev", "test_v1", "test_v3", "test_v4", "test_v5", "test")
+# data version -> first id number (a version runs up to the next one's first id)
+V_FIRST = {1: 1, 2: 1001, 3: 2001, 4: 3001, 5: 4001, 6: 5001, 7: 6001}
+# versions whose every item goes to one split: the retired test sets and the fresh one
+TEST_VERSIONS = {3: "test_v3", 4: "test_v4", 5: "test_v5", 7: "test"}
+# versions split by their own salt: two thirds train, the rest dev, none test
+TRAIN_DEV_SALTS = {2: SALT_V2, 6: SALT_V6}
+SPLIT_NAMES = ("train", "dev", "test_v1", *TEST_VERSIONS.values())
 CATEGORIES = ("scam", "deception", "dangerous", "benign")
 # minimum counts per (category, hard_negative) stratum
 MINIMUMS = {
@@ -104,18 +104,8 @@ def load():
                     errors.append(f"{where}: bad JSON ({e})")
                     continue
                 errs = check_item(obj)
-                if not errs and path.name.endswith("_v2.jsonl") != is_v2(obj["id"]):
-                    errs = [f"ids numbered {V2_FIRST}-{V3_FIRST - 1} belong in *_v2.jsonl files, and only they"]
-                if not errs and path.name.endswith("_v3.jsonl") != is_v3(obj["id"]):
-                    errs = [f"ids numbered {V3_FIRST}-{V4_FIRST - 1} belong in *_v3.jsonl files, and only they"]
-                if not errs and path.name.endswith("_v4.jsonl") != is_v4(obj["id"]):
-                    errs = [f"ids numbered {V4_FIRST}-{V5_FIRST - 1} belong in *_v4.jsonl files, and only they"]
-                if not errs and path.name.endswith("_v5.jsonl") != is_v5(obj["id"]):
-                    errs = [f"ids numbered {V5_FIRST}-{V6_FIRST - 1} belong in *_v5.jsonl files, and only they"]
-                if not errs and path.name.endswith("_v6.jsonl") != is_v6(obj["id"]):
-                    errs = [f"ids numbered {V6_FIRST}-{V7_FIRST - 1} belong in *_v6.jsonl files, and only they"]
-                if not errs and path.name.endswith("_v7.jsonl") != is_v7(obj["id"]):
-                    errs = [f"ids numbered from {V7_FIRST} belong in *_v7.jsonl files, and only they"]
+                if not errs and file_version(path.name) != version(obj["id"]):
+                    errs = [misfiled(obj["id"])]
                 errors.extend(f"{where}: {m}" for m in errs)
                 obj["_where"] = where
                 items.append(obj)
@@ -178,82 +168,52 @@ def near_duplicates(items):
     return hits
 
 
-def split_key(item_id):
-    return hashlib.sha256((item_id + SALT).encode("utf-8")).hexdigest()
+def version(item_id):
+    """The data version an id belongs to, by its number (V_FIRST)."""
+    n = int(item_id.rsplit("-", 1)[1])
+    return max(v for v, first in V_FIRST.items() if n >= first)
 
 
-def is_v2(item_id):
-    return V2_FIRST <= int(item_id.rsplit("-", 1)[1]) < V3_FIRST
+def file_version(name):
+    """The data version of an items file: N for *_vN.jsonl, 1 without a suffix."""
+    m = re.search(r"_v(\d+)\.jsonl$", name)
+    return int(m.group(1)) if m else 1
 
 
-def is_v3(item_id):
-    return V3_FIRST <= int(item_id.rsplit("-", 1)[1]) < V4_FIRST
+def misfiled(item_id):
+    v = version(item_id)
+    nxt = V_FIRST.get(v + 1)
+    ids = f"{V_FIRST[v]}-{nxt - 1}" if nxt else f"from {V_FIRST[v]}"
+    home = "files without a _vN suffix" if v == 1 else f"*_v{v}.jsonl files"
+    return f"ids numbered {ids} belong in {home}, and only they"
 
 
-def is_v4(item_id):
-    return V4_FIRST <= int(item_id.rsplit("-", 1)[1]) < V5_FIRST
-
-
-def is_v5(item_id):
-    return V5_FIRST <= int(item_id.rsplit("-", 1)[1]) < V6_FIRST
-
-
-def is_v6(item_id):
-    return V6_FIRST <= int(item_id.rsplit("-", 1)[1]) < V7_FIRST
-
-
-def is_v7(item_id):
-    return int(item_id.rsplit("-", 1)[1]) >= V7_FIRST
-
-
-def split_key_v2(item_id):
-    return hashlib.sha256((item_id + SALT_V2).encode("utf-8")).hexdigest()
-
-
-def split_key_v6(item_id):
-    return hashlib.sha256((item_id + SALT_V6).encode("utf-8")).hexdigest()
+def salted_key(item_id, salt):
+    return hashlib.sha256((item_id + salt).encode("utf-8")).hexdigest()
 
 
 def make_split(items):
-    strata = defaultdict(list)
-    strata_v2 = defaultdict(list)
-    strata_v6 = defaultdict(list)
+    strata = defaultdict(list)  # (version, category, hard_negative) -> ids
     splits = {}
     for o in items:
-        key = (o["category"], o["hard_negative"])
-        if is_v7(o["id"]):
-            splits[o["id"]] = "test"  # version 7: the fresh held-out test set
-            continue
-        if is_v6(o["id"]):
-            strata_v6[key].append(o["id"])
-            continue
-        if is_v5(o["id"]):
-            splits[o["id"]] = "test_v5"  # version 5: reported once (session 5), retired
-            continue
-        if is_v4(o["id"]):
-            splits[o["id"]] = "test_v4"  # version 4: reported once (session 4), retired
-            continue
-        if is_v3(o["id"]):
-            splits[o["id"]] = "test_v3"  # version 3: reported once (session 4), retired
-            continue
-        (strata_v2 if is_v2(o["id"]) else strata)[key].append(o["id"])
-    for ids in strata.values():
-        ids = sorted(ids, key=split_key)
-        n = len(ids)
-        n_train, n_dev = round(n * 0.5), round(n * 0.25)
-        for k, i in enumerate(ids):
-            # version 1's own test items were reported once (session 3), then retired
-            splits[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test_v1"
-    for ids in strata_v2.values():  # version 2: train / dev only, never test
-        ids = sorted(ids, key=split_key_v2)
-        n_train = round(len(ids) * 2 / 3)
-        for k, i in enumerate(ids):
-            splits[i] = "train" if k < n_train else "dev"
-    for ids in strata_v6.values():  # version 6: train / dev only, never test
-        ids = sorted(ids, key=split_key_v6)
-        n_train = round(len(ids) * 2 / 3)
-        for k, i in enumerate(ids):
-            splits[i] = "train" if k < n_train else "dev"
+        v = version(o["id"])
+        if v in TEST_VERSIONS:  # a test set: reported once, then retired (module doc)
+            splits[o["id"]] = TEST_VERSIONS[v]
+        else:
+            strata[(v, o["category"], o["hard_negative"])].append(o["id"])
+    for (v, *_), ids in strata.items():
+        if v == 1:
+            ids = sorted(ids, key=lambda i: salted_key(i, SALT))
+            n = len(ids)
+            n_train, n_dev = round(n * 0.5), round(n * 0.25)
+            for k, i in enumerate(ids):
+                # version 1's own test items were reported once (session 3), then retired
+                splits[i] = "train" if k < n_train else "dev" if k < n_train + n_dev else "test_v1"
+        else:  # train / dev only, never test
+            ids = sorted(ids, key=lambda i: salted_key(i, TRAIN_DEV_SALTS[v]))
+            n_train = round(len(ids) * 2 / 3)
+            for k, i in enumerate(ids):
+                splits[i] = "train" if k < n_train else "dev"
     return dict(sorted(splits.items()))
 
 
