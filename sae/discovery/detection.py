@@ -24,7 +24,7 @@ their union (fired when any fired; score the highest).
 Baseline (the research caution in REFERENCE.md): per category, an L2 logistic regression on the
 hooked activations mean-pooled over the scored ``span`` (:mod:`sae.discovery.activations`; the
 span applies to the baseline only), trained on the train split plus the retired test splits
-(``test_v1``, ``test_v3``) other than the evaluated one (category vs all benign, penalty by
+(``RETIRED_TEST_SPLITS``) other than the evaluated one (category vs all benign, penalty by
 5-fold CV) and thresholded at ``baseline_fpr`` on the dev split's benign items (on out-of-fold
 train scores when dev itself is evaluated).
 
@@ -313,7 +313,7 @@ def summarize(dets: Sequence[Detector], items: Sequence[Item]) -> dict[str, Any]
 
 def baseline_fit_splits(split: str) -> list[str]:
     """The splits the raw-activation baseline is fitted on when ``split`` is evaluated: train
-    plus the retired test splits (``test_v1``, ``test_v3``) other than the evaluated one, as
+    plus the retired test splits (``RETIRED_TEST_SPLITS``) other than the evaluated one, as
     the default policy's probes were, so the comparison stays fair."""
     if split == "train":
         return ["train"]

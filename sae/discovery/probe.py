@@ -512,7 +512,7 @@ def greedy_select(
         if chosen:
             b = rows.columns(chosen)
             w, c = fit(b, y, pool=pool, lam=lam, sustain=sustain)
-            z = token_scores(b.x, b.mask, w, c, spec)
+            z = pool_logits(b.logits(w), b.mask, c, spec)  # (N, T), as row_scores scores it
             peak, tok = sustained_peak(z, b.mask, sustain)
             p = torch.sigmoid(peak.clamp_min(_NEVER))
         else:  # no feature yet: every row scores the same, decided at its last token
