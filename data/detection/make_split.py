@@ -2,7 +2,7 @@
 """Validate the featureguard detection items and write a deterministic split.
 
 Reads   data/detection/items/*.jsonl
-Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test_v3" | "test_v4" | "test_v5" | "test"})
+Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test_v3" | "test_v4" | "test_v5" | "test_v7" | "test"})
 
 Split rule (commit-before-tuning): within each stratum (category, hard_negative)
 ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
@@ -51,6 +51,14 @@ change (the probes refitted with version 5 in their training data). The rule
 was committed before its items were written: every version-7 item goes to
 `test`, and version 5's items become `test_v5` (retired, usable for training).
 
+Data version 8 (ids numbered from 7001, files items/*_v8.jsonl) is the next fresh held-out
+test set: version 7 was evaluated once (session 5, revision .7: deception recall 82.2%,
+dangerous false positives 6.3%) and prompted a change (session 6). The rule was committed
+before its items were written: every version-8 item goes to `test`, and version 7's items
+become `test_v7` (retired, usable for training). Version 8 has twice as many ordinary benign
+items (190) and 60 deception items (45 before), so that the two numbers that missed the target
+are measured more tightly.
+
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
 (exits non-zero if the existing file disagrees with the computed split).
@@ -69,9 +77,9 @@ SALT = "featureguard-split-v1"
 SALT_V2 = "featureguard-split-v2"
 SALT_V6 = "featureguard-split-v6"
 # data version -> first id number (a version runs up to the next one's first id)
-V_FIRST = {1: 1, 2: 1001, 3: 2001, 4: 3001, 5: 4001, 6: 5001, 7: 6001}
+V_FIRST = {1: 1, 2: 1001, 3: 2001, 4: 3001, 5: 4001, 6: 5001, 7: 6001, 8: 7001}
 # versions whose every item goes to one split: the retired test sets and the fresh one
-TEST_VERSIONS = {3: "test_v3", 4: "test_v4", 5: "test_v5", 7: "test"}
+TEST_VERSIONS = {3: "test_v3", 4: "test_v4", 5: "test_v5", 7: "test_v7", 8: "test"}
 # versions split by their own salt: two thirds train, the rest dev, none test
 TRAIN_DEV_SALTS = {2: SALT_V2, 6: SALT_V6}
 SPLIT_NAMES = ("train", "dev", "test_v1", *TEST_VERSIONS.values())
