@@ -59,6 +59,13 @@ become `test_v7` (retired, usable for training). Version 8 has twice as many ord
 items (190) and 60 deception items (45 before), so that the two numbers that missed the target
 are measured more tightly.
 
+Data version 9 (ids numbered from 8001, files items/*_v9.jsonl) is training data only, like
+versions 2 and 6: written in session 6 after version 7's evaluation, aimed at what its misses
+and false positives showed (deception phrased as routine logistics or hidden in an aside;
+benign personal texts with violent-sounding idioms), by writers who never saw version 8.
+Within each stratum its ids are sorted by sha256(id + SALT_V9); the first two thirds (rounded)
+go to train, the rest to dev, none to test.
+
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
 (exits non-zero if the existing file disagrees with the computed split).
@@ -76,12 +83,13 @@ OUT = HERE / "splits.json"
 SALT = "featureguard-split-v1"
 SALT_V2 = "featureguard-split-v2"
 SALT_V6 = "featureguard-split-v6"
+SALT_V9 = "featureguard-split-v9"
 # data version -> first id number (a version runs up to the next one's first id)
-V_FIRST = {1: 1, 2: 1001, 3: 2001, 4: 3001, 5: 4001, 6: 5001, 7: 6001, 8: 7001}
+V_FIRST = {1: 1, 2: 1001, 3: 2001, 4: 3001, 5: 4001, 6: 5001, 7: 6001, 8: 7001, 9: 8001}
 # versions whose every item goes to one split: the retired test sets and the fresh one
 TEST_VERSIONS = {3: "test_v3", 4: "test_v4", 5: "test_v5", 7: "test_v7", 8: "test"}
 # versions split by their own salt: two thirds train, the rest dev, none test
-TRAIN_DEV_SALTS = {2: SALT_V2, 6: SALT_V6}
+TRAIN_DEV_SALTS = {2: SALT_V2, 6: SALT_V6, 9: SALT_V9}
 SPLIT_NAMES = ("train", "dev", "test_v1", *TEST_VERSIONS.values())
 CATEGORIES = ("scam", "deception", "dangerous", "benign")
 # minimum counts per (category, hard_negative) stratum
