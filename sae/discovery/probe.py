@@ -55,12 +55,26 @@ class TokenBatch:
 
     @staticmethod
     def from_rows(rows: Sequence[torch.Tensor]) -> TokenBatch:
-        """``rows``: one ``(S_i, K)`` tensor per row (S_i ≥ 1)."""
+        """``rows``: one ``(S_i, K)`` tensor per row (S_i ≥ 1); the caller's rows are kept."""
+        return TokenBatch.pack(list(rows))
+
+    @staticmethod
+    def pack(rows: list[torch.Tensor]) -> TokenBatch:
+        """As :meth:`from_rows`, but ``rows`` is emptied as it is copied (last row first), so a
+        whole-dictionary batch never holds its activations twice: each row is freed once it
+        sits in ``flat`` (when nothing else refers to it)."""
+        if not rows:
+            raise ValueError("no rows to pack")
         if any(r.shape[0] == 0 for r in rows):
             raise ValueError("every row needs at least one scored token")
         lengths = torch.tensor([r.shape[0] for r in rows])  # (N,)
         mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (N, T)
-        return TokenBatch(torch.cat([r.float() for r in rows]), mask)
+        ends = torch.cumsum(lengths, 0).tolist()
+        flat = torch.empty(ends[-1], rows[0].shape[1], dtype=torch.float32)  # (M, K)
+        while rows:
+            end, r = ends[len(rows) - 1], rows.pop()
+            flat[end - r.shape[0] : end] = r
+        return TokenBatch(flat, mask)
 
     @staticmethod
     def from_dense(x: torch.Tensor, mask: torch.Tensor) -> TokenBatch:

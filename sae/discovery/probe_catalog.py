@@ -99,11 +99,16 @@ def _lead(values: torch.Tensor, span: str) -> torch.Tensor:
 
 
 def token_rows(
-    stack: Stack, items: Sequence[Item], idx: list[int] | None, span: str
+    stack: Stack, items: Sequence[Item], idx: list[int] | None, span: str, chunk: int = 64
 ) -> list[torch.Tensor]:
     """Per-token values ``(S, K)`` of the chosen features (all ``d_sae`` when ``idx`` is None),
-    as the runtime scores them (module doc), one row per item."""
-    rows = [_lead(sc.values, span) for sc in encode_items(stack, items, span=span, features=idx)]
+    as the runtime scores them (module doc), one row per item; ``chunk`` items are encoded at
+    a time, so the encoder's output and the rows built from it are never both whole-set."""
+    rows: list[torch.Tensor] = []
+    for lo in range(0, len(items), chunk):  # a chunk's encoder output at a time, not every item's
+        part = encode_items(stack, items[lo : lo + chunk], span=span, features=idx)
+        rows += [_lead(sc.values, span) for sc in part]
+        del part
     empty = [it.id for it, r in zip(items, rows, strict=True) if not r.shape[0]]
     if empty:
         raise FeatureguardError(
@@ -267,10 +272,11 @@ def train_probe(
         groups = torch.tensor(g_pos + [len(g_pos) + g for g in g_neg])  # (N,) twin → one fold
         if calibration:
             calibration = with_raw_renderings(calibration)[0]
-    pos, neg = token_rows(stack, positive, idx, span), token_rows(stack, negative, idx, span)
-    n_pos, n_neg = len(pos), len(neg)
-    batch = TokenBatch.from_rows(pos + neg)
-    del pos, neg  # the packed batch holds them now (a whole-dictionary batch is large)
+    rows = token_rows(stack, positive, idx, span)
+    n_pos = len(rows)
+    rows += token_rows(stack, negative, idx, span)
+    n_neg = len(rows) - n_pos
+    batch = TokenBatch.pack(rows)  # empties rows: the activations are held once (they are large)
     y = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)]).long()
     held, calib_rows = _calibration(calibration, negative, n_pos)
     strata = None
@@ -282,7 +288,7 @@ def train_probe(
             else negative  # no calibration set: every training negative, out of fold
         )
         strata = torch.tensor([it.extra.get("rendering") == "raw" for it in scored]).long()
-    calib = TokenBatch.from_rows(token_rows(stack, held, idx, span)) if held else None
+    calib = TokenBatch.pack(token_rows(stack, held, idx, span)) if held else None
     fit = fit_cv(
         batch,
         y,

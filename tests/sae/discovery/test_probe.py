@@ -67,6 +67,21 @@ def test_packed_batch_keeps_every_row_token_in_order() -> None:
     assert torch.equal(TokenBatch.from_dense(batch.x, batch.mask).flat, batch.flat)
 
 
+def test_pack_empties_the_row_list_and_equals_from_rows() -> None:
+    rows = [torch.randn(n, 4, dtype=torch.float64) for n in (2, 4, 1)]
+    want = TokenBatch.from_rows(rows)
+    assert len(rows) == 3  # from_rows keeps the caller's rows
+    consumed = list(rows)
+    got = TokenBatch.pack(consumed)
+    assert consumed == []  # every row was released as it was copied
+    assert got.flat.dtype == torch.float32 and torch.equal(got.flat, want.flat)
+    assert torch.equal(got.flat, torch.cat(rows).float()) and torch.equal(got.mask, want.mask)
+    with pytest.raises(ValueError, match="at least one scored token"):
+        TokenBatch.pack([torch.randn(2, 4), torch.randn(0, 4)])
+    with pytest.raises(ValueError, match="no rows"):
+        TokenBatch.pack([])
+
+
 @pytest.mark.parametrize(
     ("pool", "sustain", "half_life"), [("max", 1, None), ("mean", 3, None), ("ema", 2, 2.5)]
 )
