@@ -30,7 +30,7 @@ runtime would give them: ``prompt`` for chat turns up to the last user turn, ``c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,15 @@ def encode_items(
                 length=len(ids),
             )
     return [s for s in out if s is not None]
+
+
+def encode_chunks(
+    stack: Stack, items: Sequence[Item], *, chunk: int = 64, **kwargs: Any
+) -> Iterator[list[Scored]]:
+    """:func:`encode_items` over ``chunk`` items at a time, in input order: a caller that keeps
+    only what it derives from each chunk holds one chunk's per-token values, not every item's."""
+    for lo in range(0, len(items), chunk):
+        yield encode_items(stack, items[lo : lo + chunk], **kwargs)
 
 
 def pool(scored: Sequence[Scored], how: str = "max") -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sae.discovery.activations import Stack, encode_items, pool
+from sae.discovery.activations import Stack, encode_chunks, pool
 from sae.discovery.data import Item
 from sae.discovery.metrics import auc
 
@@ -52,8 +52,7 @@ def pooled_features(
 ) -> Pooled:
     """Pool every feature of every item, ``chunk`` items at a time (memory stays bounded)."""
     values, fired = [], []
-    for i in range(0, len(items), chunk):
-        scored = encode_items(stack, items[i : i + chunk], span=span)
+    for scored in encode_chunks(stack, items, chunk=chunk, span=span):
         mx = pool(scored, "max")  # (n, d_sae)
         values.append(mx if how == "max" else pool(scored, "mean"))
         fired.append(mx > 0)

@@ -18,7 +18,7 @@ import torch
 from monitor.policy.catalog import Catalog, ProbeSpec, probe_file_bytes
 from monitor.policy.pooling import MIN_HALF_LIFE
 from sae.discovery import catalog_io as cio
-from sae.discovery.activations import Stack, encode_items
+from sae.discovery.activations import Stack, encode_chunks
 from sae.discovery.contrast import pooled_features, rank_features
 from sae.discovery.data import Item, items_sha256, with_raw_renderings
 from sae.discovery.probe import (
@@ -104,11 +104,8 @@ def token_rows(
     """Per-token values ``(S, K)`` of the chosen features (all ``d_sae`` when ``idx`` is None),
     as the runtime scores them (module doc), one row per item; ``chunk`` items are encoded at
     a time, so the encoder's output and the rows built from it are never both whole-set."""
-    rows: list[torch.Tensor] = []
-    for lo in range(0, len(items), chunk):  # a chunk's encoder output at a time, not every item's
-        part = encode_items(stack, items[lo : lo + chunk], span=span, features=idx)
-        rows += [_lead(sc.values, span) for sc in part]
-        del part
+    parts = encode_chunks(stack, items, chunk=chunk, span=span, features=idx)
+    rows = [_lead(sc.values, span) for part in parts for sc in part]
     empty = [it.id for it, r in zip(items, rows, strict=True) if not r.shape[0]]
     if empty:
         raise FeatureguardError(
