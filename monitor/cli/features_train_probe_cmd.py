@@ -61,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--folds", type=int, default=5, help="CV folds (default: 5)")
     parser.add_argument(
+        "--cv-by",
+        choices=["item", "source"],
+        default="item",
+        help="item: stratified folds of items; source: each fold holds out whole source files "
+        "(authoring batches), so lambda and the out-of-fold threshold are chosen on batches "
+        "the probe never saw (needs at least --folds files of positives and of negatives)",
+    )
+    parser.add_argument(
         "--max-iter",
         type=int,
         default=150,
@@ -141,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         max_iter=args.max_iter,
         also_raw=args.also_raw,
         half_life=half_life,
+        cv_by=args.cv_by,
     )
     if args.json:
         print(dump_json(out))

@@ -28,6 +28,7 @@ DEFAULT_SAE = "smollm2-135m-res-l15"
 # (usable for training; data/detection/README.md)
 RETIRED_TEST_SPLITS = ("test_v1", "test_v3", "test_v4", "test_v5", "test_v7", "test_v8", "test_v10")
 SPLITS = ("train", "dev", *RETIRED_TEST_SPLITS, "test")
+SOURCE_FILE = "source_file"  # Item.extra key: the JSONL file an item was read from
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ def item_from_row(row: dict[str, Any], default_id: str) -> Item:
 
 
 def read_jsonl(path: Path) -> list[Item]:
-    """Every item of a JSONL file (blank lines skipped; a bad line is an error with its number)."""
+    """Every item of a JSONL file (blank lines skipped; a bad line is an error with its number),
+    each with the file it came from in ``extra[SOURCE_FILE]`` (its authoring batch, for
+    cross-validation folds that hold out whole batches)."""
     items = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -82,7 +85,8 @@ def read_jsonl(path: Path) -> list[Item]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise FeatureguardError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            items.append(item_from_row(row, f"{path.name}:{n}"))
+            item = item_from_row(row, f"{path.name}:{n}")
+            items.append(replace(item, extra={**item.extra, SOURCE_FILE: str(path)}))
     return items
 
 

@@ -324,6 +324,32 @@ def folds(
     return folds(y[first], k, seed)[inverse]  # (N,)
 
 
+def batch_folds(y: torch.Tensor, batches: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Fold id ``(N,)`` in ``0..k-1`` that holds out whole batches: rows with the same
+    ``batches`` id (one authoring batch, e.g. one source file) always share a fold, so every
+    out-of-fold score comes from a probe that never saw that batch, the way a deployed probe
+    meets new traffic. A batch takes its majority class; each class's batches are dealt largest
+    first (ties in seeded order) to the fold holding the fewest rows of that class.
+    Raises ``ValueError`` when a class has fewer than ``k`` batches (a fold would lack it)."""
+    uniq, inverse = torch.unique(batches, return_inverse=True)  # (B,), (N,)
+    size = torch.bincount(inverse, minlength=uniq.numel())  # (B,) rows per batch
+    npos = torch.bincount(inverse, weights=y.double(), minlength=uniq.numel())  # (B,)
+    label = (2 * npos > size).long()  # (B,) the batch's majority class
+    order = torch.randperm(uniq.numel(), generator=torch.Generator().manual_seed(seed))
+    fold_of = torch.empty(uniq.numel(), dtype=torch.long)  # (B,)
+    for cls in (0, 1):
+        members = [int(b) for b in order if int(label[b]) == cls]
+        if len(members) < k:
+            raise ValueError(f"class {cls} has {len(members)} batches; {k} folds need {k}")
+        members.sort(key=lambda b: -int(size[b]))  # stable: equal sizes keep the seeded order
+        load = [0] * k
+        for b in members:
+            f = min(range(k), key=lambda j: (load[j], j))
+            fold_of[b] = f
+            load[f] += int(size[b])
+    return fold_of[inverse]  # (N,)
+
+
 @dataclass
 class ProbeFit:
     """A trained probe and how it was chosen."""
@@ -342,6 +368,12 @@ class ProbeFit:
     @property
     def spec_pooling(self) -> str:
         return POOL_TO_SPEC[self.pool]
+
+
+def _nested(groups: torch.Tensor, batches: torch.Tensor) -> bool:
+    """Whether every group's rows lie in one batch."""
+    pairs = torch.unique(torch.stack([groups, batches]), dim=1)  # (2, P) distinct (group, batch)
+    return pairs.shape[1] == torch.unique(groups).numel()
 
 
 def stratified_threshold(scores: torch.Tensor, strata: torch.Tensor, target_fpr: float) -> float:
@@ -367,6 +399,7 @@ def fit_cv(
     groups: torch.Tensor | None = None,
     half_life: float | None = None,
     calib_strata: torch.Tensor | None = None,
+    batches: torch.Tensor | None = None,
 ) -> ProbeFit:
     """Choose the penalty by stratified k-fold AUC, refit on everything, calibrate.
 
@@ -376,9 +409,16 @@ def fit_cv(
     scores of every training negative. ``groups`` keeps twin rows in one fold (:func:`folds`).
     ``calib_strata`` (one id per calibration negative, ``calib_rows`` first, then ``calib``):
     the threshold holds ``target_fpr`` within every stratum (the highest of their thresholds),
-    e.g. chat-templated and raw renderings alike.
+    e.g. chat-templated and raw renderings alike. ``batches`` ``(N,)``: folds hold out whole
+    batches instead (:func:`batch_folds`; twin rows must share a batch), so the penalty and
+    the out-of-fold threshold see the shift between authoring batches that new traffic brings.
     """
-    fold = folds(y, k, seed, groups)
+    if batches is None:
+        fold = folds(y, k, seed, groups)
+    else:
+        if groups is not None and not _nested(groups, batches):
+            raise ValueError("rows of one group (twins) must share a batch")
+        fold = batch_folds(y, batches, k, seed)
     cv: dict[float, tuple[float, float]] = {}
     oof: dict[float, torch.Tensor] = {}
     for lam in lambdas:

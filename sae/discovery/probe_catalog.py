@@ -20,12 +20,13 @@ from monitor.policy.pooling import MIN_HALF_LIFE
 from sae.discovery import catalog_io as cio
 from sae.discovery.activations import Stack, encode_chunks
 from sae.discovery.contrast import pooled_features, rank_features
-from sae.discovery.data import Item, items_sha256, with_raw_renderings
+from sae.discovery.data import SOURCE_FILE, Item, items_sha256, with_raw_renderings
 from sae.discovery.probe import (
     DEFAULT_LAMBDAS,
     ProbeFit,
     SparseRows,
     TokenBatch,
+    batch_folds,
     fit_cv,
     greedy_select,
     logistic_threshold,
@@ -33,6 +34,7 @@ from sae.discovery.probe import (
 from sae.errors import FeatureguardError
 
 SELECTIONS = ("auc", "greedy")
+CV_BY = ("item", "source")
 INLINE_MAX = 256  # a probe over more features stores them in a weights file
 
 
@@ -197,6 +199,35 @@ def _select(
     return [r.index for r in rank_features(p.values, n.values, top=top)]
 
 
+def source_batches(items: Sequence[Item]) -> torch.Tensor:
+    """One batch id ``(N,)`` per item: the index of its source file (``extra[SOURCE_FILE]``),
+    in order of first appearance."""
+    missing = [it.id for it in items if SOURCE_FILE not in it.extra]
+    if missing:
+        raise FeatureguardError(
+            f"--cv-by source needs items read from JSONL files; {len(missing)} have no source "
+            f"file (first: {missing[0]!r})"
+        )
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(it.extra[SOURCE_FILE], len(ids)) for it in items])
+
+
+def _check_batches(positive: Sequence[Item], negative: Sequence[Item], k: int) -> None:
+    """Refuse, before any encoding, source files too few to give every fold both classes."""
+    y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).long()  # (N,)
+    try:
+        batch_folds(y, source_batches([*positive, *negative]), k)
+    except ValueError:
+        n_pos = len({it.extra[SOURCE_FILE] for it in positive})
+        n_neg = len({it.extra[SOURCE_FILE] for it in negative})
+        raise FeatureguardError(
+            f"--cv-by source with {k} folds needs at least {k} source files of positives and of "
+            f"negatives; the positives come from {n_pos}, the negatives from {n_neg}",
+            hint="split the items into more files (one per authoring batch), lower --folds, "
+            "or use --cv-by item",
+        ) from None
+
+
 def _calibration(
     calibration: Sequence[Item] | None, training: Sequence[Item], n_pos: int
 ) -> tuple[list[Item], torch.Tensor | None]:
@@ -234,6 +265,7 @@ def train_probe(
     max_iter: int = 150,
     also_raw: bool = False,
     half_life: float | None = None,
+    cv_by: str = "item",
 ) -> dict[str, Any]:
     """Train, calibrate and catalog a probe; returns a JSON-able summary.
 
@@ -242,9 +274,16 @@ def train_probe(
     also trained on (and calibrated with) as its raw rendering
     (:func:`~sae.discovery.data.raw_rendering`), in the same cross-validation fold as its
     chat-templated twin, so one threshold holds for callers that send bare prompts too.
+    ``cv_by``: ``item`` deals items into stratified folds; ``source`` holds out whole source
+    files (:func:`~sae.discovery.probe.batch_folds`), so the penalty and the out-of-fold
+    threshold are chosen on authoring batches the probe never saw.
     """
     if select not in SELECTIONS:
         raise FeatureguardError(f"--select must be one of {SELECTIONS}, not {select!r}")
+    if cv_by not in CV_BY:
+        raise FeatureguardError(f"--cv-by must be one of {CV_BY}, not {cv_by!r}")
+    if cv_by == "source":
+        _check_batches(positive, negative, k)
     if (pool == "ema") != (half_life is not None) or (
         half_life is not None and not half_life >= MIN_HALF_LIFE
     ):
@@ -286,6 +325,7 @@ def train_probe(
         )
         strata = torch.tensor([it.extra.get("rendering") == "raw" for it in scored]).long()
     calib = TokenBatch.pack(token_rows(stack, held, idx, span)) if held else None
+    batches = source_batches([*positive, *negative]) if cv_by == "source" else None  # (N,)
     fit = fit_cv(
         batch,
         y,
@@ -301,6 +341,7 @@ def train_probe(
         groups=groups,
         half_life=half_life,
         calib_strata=strata,
+        batches=batches,
     )
     stored = None
     if len(idx) > (INLINE_MAX if inline_max is None else inline_max):  # too many to review inline
@@ -321,7 +362,9 @@ def train_probe(
             if also_raw
             else ""
         )
-        + f"; lambda {fit.lam:g} by {k}-fold CV (AUC {best[0]:.3f} ± {best[1]:.3f}); "
+        + f"; lambda {fit.lam:g} by {k}-fold CV"
+        + (" holding out whole source files" if cv_by == "source" else "")
+        + f" (AUC {best[0]:.3f} ± {best[1]:.3f}); "
         f"threshold at FPR {target_fpr:g} on {fit.calibration['calibration_source']} "
         f"(observed {float(fit.calibration['calibration_fpr']):.3f}); positives {n_pos} "
         f"sha256:{hashes[0][:16]} ({sources[0]}), negatives {n_neg} "
@@ -347,6 +390,7 @@ def train_probe(
         "threshold_logit": fit.threshold,
         "lambda": fit.lam,
         "cv_auc": {f"{lam:g}": v for lam, v in fit.cv.items()},
+        "cv_by": cv_by,
         "calibration": fit.calibration,
         "positives": n_pos,
         "negatives": n_neg,

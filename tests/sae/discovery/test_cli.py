@@ -302,6 +302,53 @@ def test_whole_dictionary_probe_goes_to_a_weights_file_and_shows_its_top_inputs(
     assert f"  #{best}; promotes" in text.split("that lower")[0]  # the largest weight is listed
 
 
+def test_train_probe_cv_by_source_holds_out_whole_files(
+    tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    sae, det = str(tiny_stack_dir / "sae"), tiny_stack_dir / "det"
+    argv = ["features", "train-probe", "--sae", sae, "--folds", "3", "--cv-by", "source"]
+    argv += ["--top", "4", "--max-iter", "5", "--lambdas", "0.01", "--json", "--name", "p"]
+    assert (
+        main(
+            [
+                *argv,
+                "--positive",
+                f"{det}:scam:train,dev",
+                "--negative",
+                f"{det}:benign:train,dev",
+                "--catalog",
+                str(tmp_path / "c.yaml"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err  # one items file: no fold could hold out a batch
+    assert "needs at least 3 source files" in err and "positives come from 1" in err
+    assert not (tmp_path / "c.yaml").exists()
+    split = tmp_path / "det"  # the same items, each category over three files
+    (split / "items").mkdir(parents=True)
+    (split / "splits.json").write_bytes((det / "splits.json").read_bytes())
+    for n, line in enumerate((det / "items" / "all.jsonl").read_text().splitlines()):
+        row = json.loads(line)
+        with open(split / "items" / f"{row['category']}_{n % 3}.jsonl", "a") as fh:
+            fh.write(line + "\n")
+    out = json.loads(
+        _run(
+            capsys,
+            *argv,
+            "--positive",
+            f"{split}:scam:train,dev",
+            "--negative",
+            f"{split}:benign:train,dev",
+            "--catalog",
+            str(tmp_path / "c2.yaml"),
+        )
+    )
+    assert out["cv_by"] == "source" and out["positives"] == 9 and out["negatives"] == 9
+    desc = load_catalog(tmp_path / "c2.yaml").probes["p"].description
+    assert "3-fold CV holding out whole source files" in desc
+
+
 def test_train_probe_refuses_an_existing_name_before_training_or_writing(
     tiny_stack_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ from sae.discovery.probe import (
     SparseRows,
     TokenBatch,
     _row_stats,
+    batch_folds,
     fit,
     fit_cv,
     folds,
@@ -343,3 +344,49 @@ def test_stratified_calibration_holds_the_target_in_every_stratum() -> None:
     split = fit_cv(batch, y, calib_strata=two, **kw)  # type: ignore[arg-type]
     assert torch.equal(pooled.w, split.w) and split.threshold >= pooled.threshold
     assert "strata" in str(split.calibration["calibration_source"])
+
+
+def test_batch_folds_hold_out_whole_batches_and_give_every_fold_both_classes() -> None:
+    sizes = [30, 5, 12, 12, 8, 40, 9, 9, 20, 3, 7]  # batches 0-4 positive, 5-10 negative
+    batches = torch.cat([torch.full((n,), b) for b, n in enumerate(sizes)])  # (N,)
+    y = (batches < 5).long()
+    y[0] = 0  # a stray negative in a positive batch goes with its batch
+    f = batch_folds(y, batches, 3, seed=2)
+    for b in range(len(sizes)):
+        assert f[batches == b].unique().numel() == 1  # a batch is never split
+    for k in range(3):
+        assert {0, 1} <= set(y[f == k].tolist())
+    assert torch.equal(f, batch_folds(y, batches, 3, seed=2))  # deterministic
+    pos_load = [int(((f == k) & (batches < 5)).sum()) for k in range(3)]
+    # largest first to the lightest fold: 30 | 12 + 8 | 12 + 5
+    assert sorted(pos_load) == [17, 20, 30]
+    with pytest.raises(ValueError, match="class 1 has 2 batches"):
+        batch_folds(y[batches >= 3], batches[batches >= 3], 3)
+
+
+def batch_styled(n_batches: int = 10, per: int = 24, seed: int = 0) -> tuple[TokenBatch, ...]:
+    """Pure-class authoring batches: a weak shared signal (feature 0) plus a style feature
+    only its own batch uses (feature 1 + b), which names the class for a batch seen in
+    training and says nothing about a new one."""
+    g = torch.Generator().manual_seed(seed)
+    n, K, T = n_batches * per, 1 + n_batches, 6
+    batches = torch.arange(n) // per  # (n,)
+    y = (batches % 2).long()  # (n,) odd batches positive
+    x = torch.relu(torch.randn(n, T, K, generator=g)) * 0.2  # (n, T, K) noise
+    x[..., 0] += y[:, None] * 0.25 * torch.rand(n, T, generator=g)  # weak real signal
+    x[torch.arange(n), :, 1 + batches] += 1.0  # the batch's style
+    return TokenBatch.from_dense(x, torch.ones(n, T, dtype=torch.bool)), y, batches
+
+
+def test_batch_cv_scores_each_batch_with_a_probe_that_never_saw_its_style() -> None:
+    batch, y, batches = batch_styled()
+    kw = {"k": 5, "lambdas": (1e-3,), "target_fpr": 0.1, "pool": "mean"}
+    by_item = fit_cv(batch, y, **kw)  # type: ignore[arg-type]
+    by_batch = fit_cv(batch, y, batches=batches, **kw)  # type: ignore[arg-type]
+    # by item, every held-out row's style was in training: a near-perfect, misleading AUC;
+    # by batch, only the weak shared signal carries over, as it would to new traffic
+    assert by_item.cv[1e-3][0] > 0.99
+    assert by_batch.cv[1e-3][0] < by_item.cv[1e-3][0] - 0.1
+    assert by_batch.threshold > by_item.threshold  # new batches' negatives score higher
+    with pytest.raises(ValueError, match="twins"):
+        fit_cv(batch, y, batches=batches, groups=torch.arange(y.numel()) % 7, **kw)  # type: ignore[arg-type]
