@@ -2,7 +2,7 @@
 """Validate the featureguard detection items and write a deterministic split.
 
 Reads   data/detection/items/*.jsonl
-Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test_v3" | "test_v4" | "test_v5" | "test_v7" | "test_v8" | "test_v10" | "test"})
+Writes  data/detection/splits.json   ({id: "train" | "dev" | "test_v1" | "test_v3" | "test_v4" | "test_v5" | "test_v7" | "test_v8" | "test_v10" | "test_v11" | "test"})
 
 Split rule (commit-before-tuning): within each stratum (category, hard_negative)
 ids are sorted by sha256(id + SALT); the first 50% go to train, the next 25% to
@@ -81,6 +81,12 @@ before its items were written: every version-11 item goes to `test`, and version
 become `test_v10` (retired, usable for training). Its sizes are version 10's. Its ids start at
 9501 (not 10001) so they keep four digits.
 
+Data version 12 (ids numbered from 9701, files items/*_v12.jsonl) is the next fresh held-out
+test set: version 11 was evaluated once (session 7, revision .10: scam false positives 7.4%,
+deception recall 88.3%, dangerous recall 88.1%) and prompted a change. The rule was committed
+before its items were written: every version-12 item goes to `test`, and version 11's items
+become `test_v11` (retired, usable for training). Its sizes are version 11's.
+
 Stdlib only. Run from anywhere:  python3 data/detection/make_split.py
 Use --check to validate and print counts without rewriting splits.json
 (exits non-zero if the existing file disagrees with the computed split).
@@ -100,9 +106,9 @@ SALT_V2 = "featureguard-split-v2"
 SALT_V6 = "featureguard-split-v6"
 SALT_V9 = "featureguard-split-v9"
 # data version -> first id number (a version runs up to the next one's first id)
-V_FIRST = {1: 1, 2: 1001, 3: 2001, 4: 3001, 5: 4001, 6: 5001, 7: 6001, 8: 7001, 9: 8001, 10: 9001, 11: 9501}
+V_FIRST = {1: 1, 2: 1001, 3: 2001, 4: 3001, 5: 4001, 6: 5001, 7: 6001, 8: 7001, 9: 8001, 10: 9001, 11: 9501, 12: 9701}
 # versions whose every item goes to one split: the retired test sets and the fresh one
-TEST_VERSIONS = {3: "test_v3", 4: "test_v4", 5: "test_v5", 7: "test_v7", 8: "test_v8", 10: "test_v10", 11: "test"}
+TEST_VERSIONS = {3: "test_v3", 4: "test_v4", 5: "test_v5", 7: "test_v7", 8: "test_v8", 10: "test_v10", 11: "test_v11", 12: "test"}
 # versions split by their own salt: two thirds train, the rest dev, none test
 TRAIN_DEV_SALTS = {2: SALT_V2, 6: SALT_V6, 9: SALT_V9}
 SPLIT_NAMES = ("train", "dev", "test_v1", *TEST_VERSIONS.values())

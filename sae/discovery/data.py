@@ -24,9 +24,18 @@ from sae.errors import FeatureguardError
 HARMFUL = ("scam", "deception", "dangerous")
 SPANS = ("all", "user", "completion")  # see sae.discovery.activations
 DEFAULT_SAE = "smollm2-135m-res-l15"
-# "test_v1", "test_v3" … "test_v10": earlier test splits, each reported once and then retired
+# "test_v1", "test_v3" … "test_v11": earlier test splits, each reported once and then retired
 # (usable for training; data/detection/README.md)
-RETIRED_TEST_SPLITS = ("test_v1", "test_v3", "test_v4", "test_v5", "test_v7", "test_v8", "test_v10")
+RETIRED_TEST_SPLITS = (
+    "test_v1",
+    "test_v3",
+    "test_v4",
+    "test_v5",
+    "test_v7",
+    "test_v8",
+    "test_v10",
+    "test_v11",
+)
 SPLITS = ("train", "dev", *RETIRED_TEST_SPLITS, "test")
 SOURCE_FILE = "source_file"  # Item.extra key: the JSONL file an item was read from
 
